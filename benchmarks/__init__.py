@@ -1,0 +1,1 @@
+"""Benchmarks, run with ``selfevolve bench NAME``; each module exposes ``main(argv)``."""
