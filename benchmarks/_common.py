@@ -47,5 +47,7 @@ def print_table(title: str, rows: list[dict], columns: Sequence[str] | None = No
     for column in columns:
         table.add_column(column, justify="right")
     for row in rows:
-        table.add_row(*(f"{row[c]:.3f}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns))
+        table.add_row(
+            *(f"{row[c]:.3f}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns)
+        )
     Console().print(table)

@@ -5,31 +5,30 @@ The heavy parts (torch, transformers) load on first use, so ``selfevolve --versi
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from selfevolve._lazy import lazy_getattr
 from selfevolve.errors import SelfEvolveError
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "Backend": "selfevolve.runtime",
-    "Completion": "selfevolve.runtime",
-    "LocalModel": "selfevolve.runtime",
-    "OpenAIBackend": "selfevolve.runtime",
-    "TokenScores": "selfevolve.runtime",
-    "load_model": "selfevolve.runtime",
+_EXPORTS = {
+    "Backend": "selfevolve.runtime.backend",
+    "Completion": "selfevolve.runtime.backend",
+    "TokenScores": "selfevolve.runtime.backend",
+    "LocalModel": "selfevolve.runtime.model",
+    "OpenAIBackend": "selfevolve.runtime.http",
+    "load_model": "selfevolve.runtime.loading",
+    "Experience": "selfevolve.store",
     "ExperienceStore": "selfevolve.store",
 }
 
 if TYPE_CHECKING:
-    from selfevolve.runtime import Backend, Completion, LocalModel, OpenAIBackend, TokenScores, load_model
-    from selfevolve.store import ExperienceStore
+    from selfevolve.runtime.backend import Backend, Completion, TokenScores
+    from selfevolve.runtime.http import OpenAIBackend
+    from selfevolve.runtime.loading import load_model
+    from selfevolve.runtime.model import LocalModel
+    from selfevolve.store import Experience, ExperienceStore
 
-__all__ = ["SelfEvolveError", "__version__", *_LAZY]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'selfevolve' has no attribute {name!r}")
+__all__ = ["SelfEvolveError", "__version__", *_EXPORTS]
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, Union, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
+
+from selfevolve.errors import SelfEvolveError
 
 Message = dict[str, str]
 """One chat message: ``{"role": "system" | "user" | "assistant" | "tool", "content": "..."}``."""
 
-Prompt = Union[str, Sequence[Message]]
+Prompt = str | Sequence[Message]
 """A raw text prompt (completion style) or a list of chat messages (the chat template is applied)."""
 
 FinishReason = Literal["stop", "length"]
@@ -54,6 +56,21 @@ class TokenScores:
         return self.total / len(self.logprobs) if self.logprobs else 0.0
 
 
+def check_sampling(max_new_tokens: int, temperature: float, top_p: float, n: int) -> None:
+    """The argument checks every backend makes before generating (or sending anything)."""
+    if max_new_tokens < 1:
+        raise SelfEvolveError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise SelfEvolveError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
+    if n < 1:
+        raise SelfEvolveError(f"n (samples per prompt) must be at least 1, got {n}")
+
+
+def normalize_stop(stop: str | Sequence[str] | None) -> list[str]:
+    """Stop strings as a list without empties; a single string is one stop string, not its characters."""
+    return [s for s in ([stop] if isinstance(stop, str) else stop or []) if s]
+
+
 @runtime_checkable
 class Backend(Protocol):
     """A model that can sample answers and score continuations."""
@@ -67,7 +84,7 @@ class Backend(Protocol):
         max_new_tokens: int = 128,
         temperature: float = 0.0,
         top_p: float = 1.0,
-        stop: Sequence[str] | None = None,
+        stop: str | Sequence[str] | None = None,
         seed: int | None = None,
         n: int = 1,
     ) -> list[Completion]:

@@ -51,7 +51,12 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    named = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    named = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
     named |= {"float16": torch.float16, "fp16": torch.float16}
     if dtype not in named:
         raise SelfEvolveError(f"unknown dtype {dtype!r}; use auto, {', '.join(named)}")
@@ -228,7 +233,9 @@ def load_model(
         revision = f"{path.stem}@{sha256_of([path])[:12]}"
     elif path.is_dir():
         if not (path / "config.json").is_file():
-            raise SelfEvolveError(f"{path} is a folder but holds no config.json; point at a Hugging Face model folder")
+            raise SelfEvolveError(
+                f"{path} is a folder but holds no config.json; point at a Hugging Face model folder"
+            )
         model, tokenizer, revision = _load_pretrained(str(path), torch_dtype, _directory_revision(path))
     elif path.exists():
         raise SelfEvolveError(f"{path} is neither a model folder nor a .gguf file")

@@ -16,7 +16,14 @@ from typing import Any, NamedTuple
 import torch
 
 from selfevolve.errors import SelfEvolveError
-from selfevolve.runtime.backend import Completion, Message, Prompt, TokenScores
+from selfevolve.runtime.backend import (
+    Completion,
+    Message,
+    Prompt,
+    TokenScores,
+    check_sampling,
+    normalize_stop,
+)
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
 
@@ -40,7 +47,9 @@ def as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
     if isinstance(prompts, str):
         return [prompts]
     if not isinstance(prompts, Sequence) or isinstance(prompts, bytes):
-        raise SelfEvolveError(f"prompts must be a string, a chat (list of messages) or a list of them, got {prompts!r}")
+        raise SelfEvolveError(
+            f"prompts must be a string, a chat (list of messages) or a list of them, got {prompts!r}"
+        )
     items = list(prompts)
     if items and all(isinstance(item, dict) for item in items):
         items = [items]
@@ -51,7 +60,9 @@ def as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
             for message in item:
                 validate_message(message)
             continue
-        raise SelfEvolveError(f"each prompt must be a string or a non-empty list of chat messages, got {item!r}")
+        raise SelfEvolveError(
+            f"each prompt must be a string or a non-empty list of chat messages, got {item!r}"
+        )
     return items
 
 
@@ -61,6 +72,20 @@ def validate_message(message: Message) -> None:
         raise SelfEvolveError(
             f"chat message {message!r} is malformed; each needs 'role' (one of {', '.join(ROLES)}) and string 'content'"
         )
+
+
+class StopOnStrings:
+    """A transformers stopping criterion that fires when a row's *generated* text contains a stop string.
+
+    (transformers' own ``stop_strings`` also match across the prompt boundary, ending answers too early.)
+    """
+
+    def __init__(self, tokenizer, stop: Sequence[str], prompt_length: int) -> None:
+        self.tokenizer, self.stop, self.prompt_length = tokenizer, list(stop), prompt_length
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
+        return torch.tensor([any(s in text for s in self.stop) for text in texts], device=input_ids.device)
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
@@ -73,7 +98,8 @@ class LocalModel:
     """A transformers causal LM with its tokenizer, behind the :class:`~selfevolve.runtime.backend.Backend` API.
 
     ``model`` and ``tokenizer`` stay public: training code uses them directly. ``revision`` identifies the
-    weights (it is recorded with every experience in the store).
+    weights (it is recorded with every experience in the store). ``lock`` serialises use of the model across
+    threads (the server); hold it when calling ``model`` directly from a thread.
     """
 
     def __init__(self, model, tokenizer, *, name: str, revision: str, batch_size: int = 8) -> None:
@@ -86,7 +112,7 @@ class LocalModel:
         self.batch_size = batch_size
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"LocalModel(name={self.name!r}, revision={self.revision!r}, device={self.device})"
@@ -99,7 +125,9 @@ class LocalModel:
     def eos_token_ids(self) -> set[int]:
         """Every id that ends a turn: the generation config's and the tokenizer's."""
         configured = self.model.generation_config.eos_token_id
-        ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+        ids = set(
+            configured if isinstance(configured, list) else [configured] if configured is not None else []
+        )
         if self.tokenizer.eos_token_id is not None:
             ids.add(self.tokenizer.eos_token_id)
         return ids
@@ -109,7 +137,9 @@ class LocalModel:
         if isinstance(prompt, str):
             return prompt
         if not self.tokenizer.chat_template:
-            raise SelfEvolveError(f"model {self.name!r} has no chat template; pass plain text prompts instead")
+            raise SelfEvolveError(
+                f"model {self.name!r} has no chat template; pass plain text prompts instead"
+            )
         return self.tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
 
     def encode(self, prompt: Prompt) -> list[int]:
@@ -137,24 +167,33 @@ class LocalModel:
             yield
 
     def _generation_kwargs(
-        self, max_new_tokens: int, temperature: float, top_p: float, stop: Sequence[str], n: int, ignore_eos: bool
+        self, max_new_tokens: int, temperature: float, top_p: float, n: int, ignore_eos: bool
     ) -> dict:
-        if max_new_tokens < 1:
-            raise SelfEvolveError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        if temperature < 0 or not 0 < top_p <= 1:
-            raise SelfEvolveError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature} and {top_p}")
-        if n < 1:
-            raise SelfEvolveError(f"n (samples per prompt) must be at least 1, got {n}")
+        check_sampling(max_new_tokens, temperature, top_p, n)
         kwargs: dict = {"max_new_tokens": max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
         if temperature > 0:
-            kwargs |= {"do_sample": True, "temperature": temperature, "top_p": top_p, "num_return_sequences": n}
+            kwargs |= {
+                "do_sample": True,
+                "temperature": temperature,
+                "top_p": top_p,
+                "num_return_sequences": n,
+            }
         else:
             kwargs |= {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        if stop:
-            kwargs |= {"stop_strings": list(stop), "tokenizer": self.tokenizer}
         if ignore_eos:
             kwargs["min_new_tokens"] = max_new_tokens
         return kwargs
+
+    def _stopping(self, stop: Sequence[str], input_ids: torch.Tensor) -> dict:
+        if not stop:
+            return {}
+        from transformers import StoppingCriteriaList
+
+        return {
+            "stopping_criteria": StoppingCriteriaList(
+                [StopOnStrings(self.tokenizer, stop, input_ids.shape[1])]
+            )
+        }
 
     def _finish(self, new_ids: list[int], stop: Sequence[str]) -> tuple[str, list[int], str]:
         eos, pad = self.eos_token_ids, self.tokenizer.pad_token_id
@@ -175,7 +214,7 @@ class LocalModel:
         max_new_tokens: int = 128,
         temperature: float = 0.0,
         top_p: float = 1.0,
-        stop: Sequence[str] | None = None,
+        stop: str | Sequence[str] | None = None,
         seed: int | None = None,
         n: int = 1,
         ignore_eos: bool = False,
@@ -188,18 +227,23 @@ class LocalModel:
         ``kv_compression`` (e.g. ``SnapKV(budget=1024)``) compresses each prompt's cache at prefill.
         """
         items = as_prompt_list(prompts)
-        stop = [s for s in (stop or []) if s]
-        kwargs = self._generation_kwargs(max_new_tokens, temperature, top_p, stop, n, ignore_eos)
+        stop = normalize_stop(stop)
+        kwargs = self._generation_kwargs(max_new_tokens, temperature, top_p, n, ignore_eos)
         sampled = kwargs["do_sample"]
         encoded = [self.encode(item) for item in items]
         order = sorted(range(len(items)), key=lambda i: -len(encoded[i]))
         results: list[list[Completion]] = [[] for _ in items]
         patch = kv_compression(self.model) if kv_compression is not None else contextlib.nullcontext()
-        with self._lock, self._seeded(seed), patch, torch.inference_mode():
+        with self.lock, self._seeded(seed), patch, torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start : start + self.batch_size]
                 input_ids, attention_mask = self._left_pad([encoded[i] for i in chunk])
-                output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+                output = self.model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    **kwargs,
+                    **self._stopping(stop, input_ids),
+                )
                 rows = output[:, input_ids.shape[1] :].tolist()
                 per_prompt = n if sampled else 1
                 for k, index in enumerate(chunk):
@@ -215,7 +259,7 @@ class LocalModel:
         max_new_tokens: int = 128,
         temperature: float = 0.0,
         top_p: float = 1.0,
-        stop: Sequence[str] | None = None,
+        stop: str | Sequence[str] | None = None,
         seed: int | None = None,
     ) -> Iterator[str]:
         """Yield the answer to one prompt piece by piece as it is generated (stop strings never leak out)."""
@@ -224,16 +268,22 @@ class LocalModel:
         items = as_prompt_list(prompt)
         if len(items) != 1:
             raise SelfEvolveError(f"stream takes exactly one prompt, got {len(items)}")
-        stop = [s for s in (stop or []) if s]
-        kwargs = self._generation_kwargs(max_new_tokens, temperature, top_p, stop, 1, False)
+        stop = normalize_stop(stop)
+        kwargs = self._generation_kwargs(max_new_tokens, temperature, top_p, 1, False)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         input_ids, attention_mask = self._left_pad([self.encode(items[0])])
         failure: list[BaseException] = []
 
         def run() -> None:
             try:
-                with self._lock, self._seeded(seed), torch.inference_mode():
-                    self.model.generate(input_ids=input_ids, attention_mask=attention_mask, streamer=streamer, **kwargs)
+                with self.lock, self._seeded(seed), torch.inference_mode():
+                    self.model.generate(
+                        input_ids=input_ids,
+                        attention_mask=attention_mask,
+                        streamer=streamer,
+                        **kwargs,
+                        **self._stopping(stop, input_ids),
+                    )
             except BaseException as err:
                 failure.append(err)
                 streamer.end()
@@ -271,13 +321,17 @@ class LocalModel:
         else:
             rendered = self.render(prompt)
             encoding = self.tokenizer(
-                rendered + continuation, add_special_tokens=isinstance(prompt, str), return_offsets_mapping=True
+                rendered + continuation,
+                add_special_tokens=isinstance(prompt, str),
+                return_offsets_mapping=True,
             )
             ids = encoding["input_ids"]
             ends = [end for _, end in encoding["offset_mapping"]]
             start = next((i for i, end in enumerate(ends) if end > len(rendered)), len(ids))
         if start == 0:
-            raise SelfEvolveError("cannot score a continuation of an empty prompt on a model without a BOS token")
+            raise SelfEvolveError(
+                "cannot score a continuation of an empty prompt on a model without a BOS token"
+            )
         return ids, start
 
     def continuation_logits(
@@ -289,7 +343,9 @@ class LocalModel:
         """
         items = as_prompt_list(prompts)
         if len(items) != len(continuations):
-            raise SelfEvolveError(f"got {len(items)} prompts but {len(continuations)} continuations; pass one each")
+            raise SelfEvolveError(
+                f"got {len(items)} prompts but {len(continuations)} continuations; pass one each"
+            )
         pairs = [self._pair_ids(p, c) for p, c in zip(items, continuations)]
         width = max(len(ids) for ids, _ in pairs)
         input_ids = torch.full((len(pairs), width), self.tokenizer.pad_token_id, dtype=torch.long)
@@ -301,7 +357,9 @@ class LocalModel:
         keep = torch.arange(first, max(width - 1, first + 1), device=self.device)
         with torch.set_grad_enabled(grad):
             out = self.model(
-                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), logits_to_keep=keep
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention.to(self.device),
+                logits_to_keep=keep,
             )
         logits = out.logits  # (B, len(keep), V): logits[:, k] predicts token first + k + 1
         rows = [logits[i, start - 1 - first : len(ids) - 1 - first] for i, (ids, start) in enumerate(pairs)]
@@ -317,11 +375,13 @@ class LocalModel:
         """Per-token log-probabilities of each continuation after its prompt, in batches of ``batch_size``."""
         items = as_prompt_list(prompts)
         if len(items) != len(continuations):
-            raise SelfEvolveError(f"got {len(items)} prompts but {len(continuations)} continuations; pass one each")
+            raise SelfEvolveError(
+                f"got {len(items)} prompts but {len(continuations)} continuations; pass one each"
+            )
         if not all(isinstance(c, str) for c in continuations):
             raise SelfEvolveError("continuations must be strings")
         results: list[TokenScores] = []
-        with self._lock, torch.inference_mode():
+        with self.lock, torch.inference_mode():
             for start in range(0, len(items), self.batch_size):
                 batch = self.continuation_logits(
                     items[start : start + self.batch_size], continuations[start : start + self.batch_size]

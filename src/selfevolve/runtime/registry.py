@@ -140,8 +140,12 @@ REGISTRY: dict[str, ModelEntry] = {
                 sha256=QWEN_CODER_SHA256,
             ),
         ),
-        ModelEntry("tiny-random-llama", "2-layer random Llama with GQA, for tests", random_config=_tiny_llama),
-        ModelEntry("tiny-random-qwen2", "2-layer random Qwen2 with GQA, for tests", random_config=_tiny_qwen2),
+        ModelEntry(
+            "tiny-random-llama", "2-layer random Llama with GQA, for tests", random_config=_tiny_llama
+        ),
+        ModelEntry(
+            "tiny-random-qwen2", "2-layer random Qwen2 with GQA, for tests", random_config=_tiny_qwen2
+        ),
     )
 }
 
