@@ -59,7 +59,12 @@ def test_generate_rejects_bad_numbers():
 def test_models_lists_the_registry():
     result = runner.invoke(app, ["models"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    for name in ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "tiny-random-llama", "tiny-random-qwen2"):
+    for name in (
+        "smollm2-135m-instruct",
+        "qwen2.5-coder-0.5b-instruct",
+        "tiny-random-llama",
+        "tiny-random-qwen2",
+    ):
         assert name in result.output
 
 
