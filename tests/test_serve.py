@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from selfevolve.errors import SelfEvolveError
-from selfevolve.runtime import Backend, OpenAIBackend, load_model
+from selfevolve.runtime import Backend, OpenAIBackend
 from selfevolve.serve import serve_in_thread
 
 CHATS = [
@@ -23,8 +23,8 @@ TEXTS = ["The cat sat", "Once upon a time", "héllo wörld"]
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_model("tiny-random-llama")
+def model(tiny_llama):
+    return tiny_llama
 
 
 @pytest.fixture(scope="module")

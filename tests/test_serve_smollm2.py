@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from selfevolve.runtime import OpenAIBackend, load_model
+from selfevolve.runtime import OpenAIBackend
 from selfevolve.serve import serve_in_thread
 
 pytestmark = pytest.mark.slow
@@ -13,8 +13,8 @@ FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_model("smollm2-135m-instruct")
+def model(smollm2):
+    return smollm2
 
 
 @pytest.fixture(scope="module")
