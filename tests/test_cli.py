@@ -33,6 +33,7 @@ def test_version():
         (["bench", "no-such-bench"], "unknown benchmark 'no-such-bench'"),
         (["generate", "hi", "--model", "/nonexistent/dir/"], "unknown model"),
         (["generate", "hi", "--model", "tiny-random-llama", "--device", "quantum"], "unknown device"),
+        (["generate", "hi", "--model", "tiny-random-llama", "--kv", "snapkv:lots"], "KV compression"),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(args, needle):
@@ -47,6 +48,14 @@ def test_generate_streams_an_answer():
     result = runner.invoke(app, ["generate", "hello", "--model", "tiny-random-llama", "-n", "6"])
     assert result.exit_code == 0, result.output
     assert result.output.endswith("\n") and len(result.output) > 1
+
+
+def test_generate_with_kv_compression_matches_without_when_the_budget_covers_the_prompt():
+    args = ["generate", "a short prompt", "--model", "tiny-random-llama", "-n", "6"]
+    plain = runner.invoke(app, args)
+    compressed = runner.invoke(app, [*args, "--kv", "snapkv:4096"])
+    assert plain.exit_code == compressed.exit_code == 0, compressed.output
+    assert compressed.output == plain.output
 
 
 def test_generate_rejects_bad_numbers():

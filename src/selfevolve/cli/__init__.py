@@ -10,7 +10,7 @@ import sys
 import typer
 
 from selfevolve import __version__
-from selfevolve.cli import bench, demo, doctor, generate, models, serve
+from selfevolve.cli import bench, demo, doctor, eval_qa, generate, inject, models, serve
 from selfevolve.errors import SelfEvolveError
 
 app = typer.Typer(
@@ -27,6 +27,8 @@ COMMANDS = (
     (serve.main, "serve"),
     (doctor.main, "doctor"),
     (demo.main, "demo"),
+    (inject.main, "inject"),
+    (eval_qa.main, "eval-qa"),
 )
 for command, name in COMMANDS:
     app.command(name)(command)

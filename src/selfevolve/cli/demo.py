@@ -31,6 +31,7 @@ def main(
 
     quiet_libraries()
     from selfevolve.runtime import load_model
+    from selfevolve.runtime.kv import SnapKV, StreamingLLM, prefill
     from selfevolve.store import Experience, ExperienceStore
 
     console = Console()
@@ -76,6 +77,23 @@ def main(
     for sample in samples:
         console.print(f"  - {sample.text.strip()}")
 
+    filler = "The grass is green. The sky is blue. The sun is yellow. Here we go, there and back again. " * 18
+    needle = "\n\nThe pass key is 71432. Remember it. 71432 is the pass key.\n\n"
+    haystack = [{"role": "user", "content": filler + needle + filler + "\n\nWhat is the pass key?"}]
+    table = Table(title="4. SnapKV: a pass key hidden in a long prompt, answered from a compressed KV cache")
+    for column in ("cache", "KV bytes", "answer"):
+        table.add_column(column)
+    ids, mask = backend._left_pad([backend.encode(haystack)])
+    for label, policy in (
+        (f"full ({ids.shape[1]} tokens)", None),
+        ("SnapKV, 128 tokens", SnapKV(budget=128)),
+        ("StreamingLLM, 4 + 124 tokens", StreamingLLM(sinks=4, recent=124)),
+    ):
+        kv_bytes = prefill(backend.model, ids, mask, policy=policy).nbytes
+        (reply,) = backend.generate([haystack], max_new_tokens=12, kv_compression=policy)
+        table.add_row(label, f"{kv_bytes / 2**20:.1f} MiB", reply.text.strip())
+    console.print(table)
+
     out.mkdir(parents=True, exist_ok=True)
     with ExperienceStore(out / "experiences.sqlite") as store:
         run_id = store.start_run("demo", config={"model": model})
@@ -109,6 +127,6 @@ def main(
         store.finish_run(run_id)
         exported = store.export_jsonl(out / "experiences.jsonl", run_id=run_id)
         console.print(
-            f"[bold]4. experience store[/bold]: run {run_id} recorded {exported} experiences "
+            f"[bold]5. experience store[/bold]: run {run_id} recorded {exported} experiences "
             f"({len(store)} in {out / 'experiences.sqlite'}); exported to {out / 'experiences.jsonl'}"
         )

@@ -1,0 +1,39 @@
+"""Update: methods that change the weights (SELF-PARAM knowledge injection, SFT baselines) on one shared loop."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from selfevolve._lazy import lazy_getattr
+
+_EXPORTS = {
+    "ForwardKLLoss": "selfevolve.update.losses",
+    "TopKForwardKLLoss": "selfevolve.update.losses",
+    "ContinuationCrossEntropy": "selfevolve.update.losses",
+    "SelfParamConfig": "selfevolve.update.selfparam",
+    "InjectionResult": "selfevolve.update.selfparam",
+    "inject": "selfevolve.update.selfparam",
+    "inject_sequential": "selfevolve.update.selfparam",
+    "build_teacher_cache": "selfevolve.update.selfparam",
+    "SFTConfig": "selfevolve.update.sft",
+    "finetune": "selfevolve.update.sft",
+    "TrainingConfig": "selfevolve.update.training",
+    "TrainResult": "selfevolve.update.training",
+    "train": "selfevolve.update.training",
+    "save_model": "selfevolve.update.training",
+}
+
+if TYPE_CHECKING:
+    from selfevolve.update.losses import ContinuationCrossEntropy, ForwardKLLoss, TopKForwardKLLoss
+    from selfevolve.update.selfparam import (
+        InjectionResult,
+        SelfParamConfig,
+        build_teacher_cache,
+        inject,
+        inject_sequential,
+    )
+    from selfevolve.update.sft import SFTConfig, finetune
+    from selfevolve.update.training import TrainingConfig, TrainResult, save_model, train
+
+__all__ = list(_EXPORTS)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
