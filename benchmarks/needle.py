@@ -2,14 +2,17 @@
 
 A 5-digit pass key ("The pass key is 60494. Remember it. 60494 is the pass key.") is hidden at a given depth
 of Paul Graham essays; the prompt ends with the question and the answer prefix "The pass key is", so the
-question lies in SnapKV's observation window (query-aware, the paper's setting). Greedy, up to
-``--new-tokens`` tokens; correct when the key's digits appear in the answer.
+question lies in SnapKV's observation window (query-aware, the paper's setting). ``snapkv-agnostic`` instead
+compresses the context before the question and appends the question to the compressed cache (query-agnostic).
+Greedy, up to ``--new-tokens`` tokens; correct when the key's digits appear in the answer.
 
 Accuracy: each prompt is prefilled once with the full cache while the attention inputs of every layer are
 recorded; each policy then compresses those records with its own ``compress`` (the very function its hooks
-call, so the cache is identical) and decodes on its own cache. Speed and memory: ``--timing-runs`` prompts per
-length go through the real path (``prefill(model, ids, policy)`` then ``decode``) for every method,
-interleaved; the rows report medians, and ``consistent`` says whether that path gave the same greedy tokens.
+call, so the cache is identical; ``compress_ms`` is its time) and decodes on its own cache. Speed and memory:
+``--timing-runs`` prompts per length go through the real path (``prefill(model, ids, policy)`` then
+``decode``) for every method, interleaved; rows report medians, and ``consistent`` says whether that path gave
+the same greedy tokens as the recorded one. One torch thread by default: on a shared 2-core machine a second
+intra-op thread makes every step wait for a descheduled partner (3-10x slower and far noisier here).
 
     selfevolve bench needle [--lengths 1024 2048 4096 8192] [--needles 20] [--budgets 512 1024]
 """
@@ -166,8 +169,9 @@ def recording(model) -> Iterator[dict]:
 @torch.inference_mode()
 def compressed_copy(
     model, full: PromptCache, records: dict, policy: KVPolicy | None, ids: torch.Tensor, question: int = 0
-) -> PromptCache:
-    """The cache ``policy`` would have produced at prefill, built from the recorded full prefill.
+) -> tuple[PromptCache, float]:
+    """The cache ``policy`` would have produced at prefill, built from the recorded full prefill, and the
+    milliseconds its ``compress`` took over all layers (the work its hooks add to a prefill).
 
     With ``question`` > 0 (query-agnostic), only the prompt before its last ``question`` tokens is compressed,
     as a prefill of the context alone would be (attention is causal), then the question is appended uncompressed.
@@ -176,16 +180,19 @@ def compressed_copy(
     cache = DynamicCache(
         config=model.config
     )  # new layers over the recorded tensors: decoding leaves them intact
+    compress_seconds = 0.0
     padding = full.mask[:, :width].bool()  # (1, T'): one unpadded prompt
     for index, layer in enumerate(full.cache.layers):
         module, hidden, (cos, sin) = records[index]
         keys, values = layer.keys[:, :, :width], layer.values[:, :, :width]  # (1, Hkv, T', D)
         embeddings = (cos[:, :width], sin[:, :width])
+        start = time.perf_counter()
         result = (
             None
             if policy is None
             else policy.compress(module, hidden[:, :width], keys, values, padding, embeddings)
         )
+        compress_seconds += time.perf_counter() - start
         keys, values = (keys, values) if result is None else result[:2]
         groups = keys.shape[1] // layer.keys.shape[1]
         if groups > 1:
@@ -195,7 +202,7 @@ def compressed_copy(
             cache.layers[index].keys, cache.layers[index].values = keys, values
     lengths = full.positions - question
     prompt = PromptCache(cache, kept_mask(lengths, cache.get_seq_length()), lengths, full.logits, policy)
-    return extend(model, prompt, ids[:, width:]) if question else prompt
+    return (extend(model, prompt, ids[:, width:]) if question else prompt), 1000 * compress_seconds
 
 
 def runs_for(args, length: int) -> list[tuple[str, int | None]]:
@@ -218,15 +225,16 @@ def answer_ids(model, prompt: PromptCache, new_tokens: int, eos: set[int]) -> li
 def score_length(lm, needles: list[Needle], runs, args) -> dict:
     """Accuracy, answers and cache bytes of every method on every needle, one recorded prefill per needle."""
     eos = lm.eos_token_ids
-    results = {run: {"hits": [], "bytes": [], "answers": []} for run in runs}
+    results = {run: {"hits": [], "bytes": [], "answers": [], "compress": []} for run in runs}
     for number, needle in enumerate(needles):
         ids = torch.tensor([needle.ids], device=lm.device)
         with recording(lm.model) as records:
             full = prefill(lm.model, ids)
         for run in runs:
             question = needle.question if "agnostic" in run[0] else 0
-            prompt = compressed_copy(lm.model, full, records, policy_for(*run), ids, question)
+            prompt, compress_ms = compressed_copy(lm.model, full, records, policy_for(*run), ids, question)
             results[run]["bytes"].append(prompt.nbytes)
+            results[run]["compress"].append(compress_ms)
             tokens = answer_ids(lm.model, prompt, args.new_tokens, eos)
             text = lm.tokenizer.decode(tokens, skip_special_tokens=True)
             results[run]["hits"].append(needle.key in text)
@@ -393,6 +401,7 @@ def main(argv: list[str] | None = None) -> None:
                     "needles": len(needles),
                     "accuracy": sum(score["hits"]) / len(needles),
                     "kv_bytes": round(statistics.mean(score["bytes"])),
+                    "compress_ms": statistics.median(score["compress"]),
                     "prefill_ms": statistics.median(timing["prefill"]) if timing["prefill"] else None,
                     "decode_ms_per_token": statistics.median(timing["decode"]) if timing["decode"] else None,
                     "consistent": timing["consistent"] if timing["prefill"] else None,

@@ -24,7 +24,9 @@ def main(
         False, "--raw", help="Send the prompt as plain text, without the chat template."
     ),
     kv: str = typer.Option(
-        None, "--kv", help="KV-cache compression, e.g. snapkv:1024, snapkv:0.25, streaming:4+1020."
+        None,
+        "--kv",
+        help="KV-cache compression, e.g. snapkv:1024, snapkv:0.25, snapkv:512,kernel=15, streaming:4+1020.",
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
 ) -> None:

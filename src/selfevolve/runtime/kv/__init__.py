@@ -31,10 +31,26 @@ __all__ = [
 ]
 
 SPEC_FORMS = (
-    "full, snapkv:BUDGET, random:BUDGET, streaming:SINKS+RECENT (BUDGET: tokens, 1024, or a ratio, 0.25)"
+    "full, snapkv:BUDGET[,kernel=K,window=W,pooling=max|avg,gqa=kv_head|query_head], random:BUDGET, "
+    "streaming:SINKS+RECENT (BUDGET: tokens, 1024, or a ratio, 0.25)"
 )
 _COUNT = r"[0-9]{1,9}"
 _BUDGET = rf"(?:{_COUNT}|0?\.[0-9]{{1,6}}|1\.0*)"
+_SNAPKV_OPTION = r"(kernel|window)=([0-9]{1,6})|(pooling)=(max|avg)|(gqa)=(kv_head|query_head)"
+
+
+def _snapkv_options(text: str) -> dict[str, int | str]:
+    """``,kernel=15,pooling=avg`` as keyword arguments of :class:`SnapKV` (each option at most once)."""
+    options: dict[str, int | str] = {}
+    for part in filter(None, text.split(",")):
+        match = re.fullmatch(_SNAPKV_OPTION, part)
+        if match is None:
+            raise SelfEvolveError(f"unknown SnapKV option {part!r}")
+        name, value = [group for group in match.groups() if group is not None]
+        if name in options:
+            raise SelfEvolveError(f"SnapKV option {name!r} given twice")
+        options[name] = int(value) if value.isdigit() else value
+    return options
 
 
 def _budget(text: str) -> int | float:
@@ -42,7 +58,8 @@ def _budget(text: str) -> int | float:
 
 
 def parse_kv_spec(spec: str) -> KVPolicy:
-    """The policy named by: ``full``, ``snapkv:1024``, ``snapkv:0.25``, ``random:512``, ``streaming:4+1020``.
+    """The policy named by: ``full``, ``snapkv:1024``, ``snapkv:0.25``, ``snapkv:512,kernel=15``, ``random:512``,
+    ``streaming:4+1020``.
 
     Anything else raises a one-line :class:`SelfEvolveError` that lists the valid forms.
     """
@@ -50,9 +67,10 @@ def parse_kv_spec(spec: str) -> KVPolicy:
     try:
         if text == "full":
             return FullKV()
-        if match := re.fullmatch(rf"(snapkv|random):({_BUDGET})", text):
-            policy = SnapKV if match[1] == "snapkv" else RandomKV
-            return policy(budget=_budget(match[2]))
+        if match := re.fullmatch(rf"snapkv:({_BUDGET})((?:,[a-z_]+=[a-z_0-9]+){{0,4}})", text):
+            return SnapKV(budget=_budget(match[1]), **_snapkv_options(match[2]))
+        if match := re.fullmatch(rf"random:({_BUDGET})", text):
+            return RandomKV(budget=_budget(match[1]))
         if match := re.fullmatch(rf"streaming:({_COUNT})\+({_COUNT})", text):
             return StreamingLLM(sinks=int(match[1]), recent=int(match[2]))
     except SelfEvolveError as err:
