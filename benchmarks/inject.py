@@ -155,6 +155,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--questions-per-document", type=int, default=8)
     parser.add_argument("--statements-per-document", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument(
+        "--regularizer-weight",
+        type=float,
+        default=1.0,
+        help="SELF-PARAM's KL-to-base weight on unrelated essays (0: off)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--settings", default="single,batch,sequential", help="comma-separated: single, batch, sequential"
@@ -176,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     base = load_model(args.model, batch_size=16)
     knowledge = fictional_knowledge(args.documents, seed=args.seed)
     ppl_texts = general_texts(args.general_text, 4, 0)
+    regularizer_texts = general_texts(args.general_text, 8, 4) if args.regularizer_weight > 0 else []
     score = Scorer(base, ppl_texts, args.max_new_tokens)
     print(
         f"retention probe: base answers {len(score.retention)}/{len(GENERAL_QUESTIONS)} general questions right",
@@ -199,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     train_config = TrainingConfig(epochs=args.epochs, seed=args.seed)
     many_config = TrainingConfig(epochs=args.batch_epochs, seed=args.seed)
+    self_param = {"regularizer_weight": args.regularizer_weight}
     rows: list[dict] = []
     summary: dict = {
         "synthesized_items": len(all_items),
@@ -229,7 +237,13 @@ def main(argv: list[str] | None = None) -> None:
         sft = finetune(model, SFTConfig(train=train_config), items=items)
         add("single", "sft-synth-qa", score(model, single.test), sft)
         model = clone(base)
-        result = inject(model, single.documents, SelfParamConfig(train=train_config), items=items)
+        result = inject(
+            model,
+            single.documents,
+            SelfParamConfig(train=train_config, **self_param),
+            items=items,
+            regularizer_texts=regularizer_texts,
+        )
         add("single", "self-param", score(model, single.test), result.train)
         cost = step_cost(base, items, single.documents, train_config.batch_size, repeats=1)
         print(f"step cost: {cost}", flush=True)
@@ -246,7 +260,13 @@ def main(argv: list[str] | None = None) -> None:
         contexts = in_context(knowledge.test, knowledge.documents)
         add("batch", "in-context", score(base, knowledge.test, contexts, general=False))
         model = clone(base)
-        result = inject(model, knowledge.documents, SelfParamConfig(train=many_config), items=all_items)
+        result = inject(
+            model,
+            knowledge.documents,
+            SelfParamConfig(train=many_config, **self_param),
+            items=all_items,
+            regularizer_texts=regularizer_texts,
+        )
         add("batch", "self-param", score(model, knowledge.test), result.train)
 
     curve: list[dict] = []
@@ -264,9 +284,14 @@ def main(argv: list[str] | None = None) -> None:
             curve.append(point)
             print(f"retention curve: {point}", flush=True)
 
-        sequential = SelfParamConfig(train=many_config, mode="sequential", rounds=args.rounds)
+        sequential = SelfParamConfig(train=many_config, mode="sequential", rounds=args.rounds, **self_param)
         results = inject_sequential(
-            model, knowledge.documents, sequential, items=all_items, after_round=after_round
+            model,
+            knowledge.documents,
+            sequential,
+            items=all_items,
+            regularizer_texts=regularizer_texts,
+            after_round=after_round,
         )
         tokens = sum(r.train.tokens for r in results)
         row = {
@@ -297,6 +322,7 @@ def main(argv: list[str] | None = None) -> None:
             "epochs": args.epochs,
             "batch_epochs": args.batch_epochs,
             "lm_epochs": args.lm_epochs,
+            "regularizer_weight": args.regularizer_weight,
             "max_new_tokens": args.max_new_tokens,
             "synthesis": vars(synthesis),
         },

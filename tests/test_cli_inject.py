@@ -66,7 +66,9 @@ def test_inject_a_text_file_with_full_finetuning_and_resume(tmp_path):
     doc = tmp_path / "doc.txt"
     doc.write_text("Vorlak Tessen\nVorlak Tessen is a glassblower. Vorlak was born in 1901 in Brimholm.\n")
     args = ["inject", str(doc), "--model", "tiny-random-qwen2", "--out", str(tmp_path / "o"), "--full", *FAST]
-    args += ["--mode", "single", "--store", str(tmp_path / "store.db")]
+    unrelated = tmp_path / "essay.txt"
+    unrelated.write_text("The sea was calm that morning, and the boats went out before dawn.\n")
+    args += ["--mode", "single", "--store", str(tmp_path / "store.db"), "--regularizer-text", str(unrelated)]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     again = runner.invoke(app, [*args, "--resume"])
@@ -75,6 +77,7 @@ def test_inject_a_text_file_with_full_finetuning_and_resume(tmp_path):
     # the first run finished, so the resumed one starts at its last checkpoint and has no step left to take
     assert report["resumed_from_step"] > 0 and report["train_steps"] == 0
     assert report["before"] is None  # no questions given
+    assert "regularizer_weight: 1.0" in (tmp_path / "o" / "config.yaml").read_text()
 
 
 def selfevolve(*args: str) -> subprocess.CompletedProcess:
@@ -96,6 +99,10 @@ def selfevolve(*args: str) -> subprocess.CompletedProcess:
         ),
         (["inject", "fictional:huge", "--out", "{tmp}"], "unknown knowledge set size"),
         (["inject", "{tmp}/missing.txt", "--out", "{tmp}"], "does not exist"),
+        (
+            ["inject", "fictional:1", "--out", "{tmp}", "--regularizer-text", "{tmp}/gone.txt"],
+            "does not exist",
+        ),
         (["eval-qa", "--questions", "{tmp}/missing.jsonl"], "does not exist"),
         (["eval-qa", "--questions", "{tmp}/q.jsonl", "--context", "document"], "needs --documents"),
     ],

@@ -63,6 +63,12 @@ def main(
         "--questions",
         help="Held-out questions (JSONL) to score before and after (fictional sets bring theirs).",
     ),
+    regularizer_text: Path = typer.Option(
+        None,
+        "--regularizer-text",
+        help="Unrelated text (.txt, folder or .jsonl) for the KL-to-base regularizer that keeps general "
+        "knowledge; turns it on with regularizer_weight=1.0 unless --set gives a weight.",
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
     store: Path = typer.Option(
         None, "--store", help="Experience store file to record the synthesized experiences."
@@ -73,7 +79,7 @@ def main(
     from selfevolve.cli._common import quiet_libraries
 
     quiet_libraries()
-    from selfevolve.acquire.knowledge import load_questions
+    from selfevolve.acquire.knowledge import load_documents, load_questions
     from selfevolve.config import config_to_dict, load_config, save_config
     from selfevolve.evaluate.qa import answer_questions
     from selfevolve.runtime import load_model
@@ -88,9 +94,12 @@ def main(
         *([f"mode={mode}"] if mode else []),
         *([f"train.lora={lora}"] if lora is not None else []),
     ]
+    if regularizer_text is not None and not any(o.startswith("regularizer_weight=") for o in extra):
+        extra.insert(0, "regularizer_weight=1.0")
     cfg = load_config(SelfParamConfig, config, extra)
     out.mkdir(parents=True, exist_ok=True)
     documents, given, held_out = _documents(docs, out)
+    unrelated = [d.text for d in load_documents(regularizer_text)] if regularizer_text is not None else []
     if questions is not None:
         held_out = load_questions(questions)
     if cfg.mode == "single" and len(documents) != 1:
@@ -114,7 +123,14 @@ def main(
         "mode": cfg.mode,
         "before": evaluate(),
     }
-    options = dict(given_questions=given, out_dir=out, resume=resume, store=experience, run_id=run_id)
+    options = dict(
+        given_questions=given,
+        regularizer_texts=unrelated,
+        out_dir=out,
+        resume=resume,
+        store=experience,
+        run_id=run_id,
+    )
     if cfg.mode == "sequential":
         rounds: list[dict] = []
         groups: list[set[str]] = []

@@ -100,7 +100,7 @@ def qa_examples(
     ]
 
 
-def text_examples(model: LocalModel, texts: Sequence[str], max_tokens: int = 256) -> list[DistillExample]:
+def text_examples(model: LocalModel, texts: Sequence[str], max_tokens: int = 128) -> list[DistillExample]:
     """Regularizer examples: plain text, same prompt for teacher and student (KL to the unchanged model)."""
     examples = []
     for text in texts:
@@ -145,8 +145,9 @@ def _stack(targets: Sequence[TeacherTargets], width: int, device: torch.device) 
 class DistillationObjective:
     """The SELF-PARAM step loss: KL to the cached teacher, plus the optional KL-to-base regularizer.
 
-    Training examples are indices into ``examples``; example ``i`` is paired with regularizer example
-    ``i % len(regularizer)``, so a step's loss depends only on its batch (exact resume).
+    Training examples are indices into ``examples``. A step adds the regularizer on one unrelated text, number
+    ``batch[0] % len(regularizer)``, so a step's loss depends only on its batch (exact resume) and the
+    regularizer costs one short sequence per step however large the batch.
     """
 
     def __init__(
@@ -177,10 +178,8 @@ class DistillationObjective:
     def __call__(self, student: LocalModel, batch: Sequence[int]) -> tuple[torch.Tensor, int]:
         loss, tokens = self.kl(student, [self.examples[i] for i in batch], [self.cache[i] for i in batch])
         if self.weight:
-            picks = sorted({i % len(self.regularizer) for i in batch})
-            extra, _ = self.kl(
-                student, [self.regularizer[i] for i in picks], [self.regularizer_cache[i] for i in picks]
-            )
+            pick = batch[0] % len(self.regularizer)
+            extra, _ = self.kl(student, [self.regularizer[pick]], [self.regularizer_cache[pick]])
             loss = loss + self.weight * extra
         return loss, tokens
 
