@@ -1,4 +1,4 @@
-"""Acquire: where experience comes from (documents and knowledge sets, model-written QA about them)."""
+"""Acquire: where experience comes from (knowledge sets, model-written QA, program mutants, execution traces)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,14 @@ _EXPORTS = {
     "SynthesisConfig": "selfevolve.acquire.synthesize",
     "SynthesizedItem": "selfevolve.acquire.synthesize",
     "synthesize": "selfevolve.acquire.synthesize",
+    "Candidate": "selfevolve.acquire.mutate",
+    "Mutant": "selfevolve.acquire.mutate",
+    "labelled_candidates": "selfevolve.acquire.mutate",
+    "mutants": "selfevolve.acquire.mutate",
+    "Trace": "selfevolve.acquire.trace",
+    "TraceConfig": "selfevolve.acquire.trace",
+    "trace_call": "selfevolve.acquire.trace",
+    "trace_many": "selfevolve.acquire.trace",
 }
 
 if TYPE_CHECKING:
@@ -33,7 +41,9 @@ if TYPE_CHECKING:
         write_documents,
         write_questions,
     )
+    from selfevolve.acquire.mutate import Candidate, Mutant, labelled_candidates, mutants
     from selfevolve.acquire.synthesize import SynthesisConfig, SynthesizedItem, synthesize
+    from selfevolve.acquire.trace import Trace, TraceConfig, trace_call, trace_many
 
 __all__ = list(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -10,7 +10,21 @@ import sys
 import typer
 
 from selfevolve import __version__
-from selfevolve.cli import bench, demo, doctor, eval_qa, generate, inject, models, serve
+from selfevolve.cli import (
+    acr,
+    bench,
+    demo,
+    doctor,
+    eval_qa,
+    exec_,
+    generate,
+    inject,
+    judge_code,
+    models,
+    repair_train,
+    serve,
+    trace,
+)
 from selfevolve.errors import SelfEvolveError
 
 app = typer.Typer(
@@ -29,6 +43,11 @@ COMMANDS = (
     (demo.main, "demo"),
     (inject.main, "inject"),
     (eval_qa.main, "eval-qa"),
+    (judge_code.main, "judge-code"),
+    (exec_.main, "exec"),
+    (trace.main, "trace"),
+    (repair_train.main, "repair-train"),
+    (acr.main, "acr"),
 )
 for command, name in COMMANDS:
     app.command(name)(command)

@@ -57,6 +57,11 @@ def main(
         console.print(f"  {package:<13} {_version(package)}")
     console.print(f"torch threads {torch.get_num_threads()}, device {resolve_device()}")
     console.print(f"cache {cache_dir()} ({_folder_size(cache_dir()) / 2**20:.0f} MiB)")
+    from selfevolve.sandbox import available_isolations
+
+    tiers = available_isolations()
+    hint = "" if "bwrap" in tiers else " (install bubblewrap for the strongest tier)"
+    console.print(f"sandbox isolation {', '.join(tiers)}; runs use {tiers[0]}{hint}")
     table = Table(title="models")
     for column in ("name", "status", "load s", "detail"):
         table.add_column(column)

