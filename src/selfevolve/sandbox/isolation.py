@@ -75,7 +75,7 @@ def candidates() -> list[Isolation]:
         common = (bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts")
         common += ("--unshare-cgroup-try", "--die-with-parent", "--new-session", "--ro-bind", "/", "/")
         common += ("--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/dev/shm")
-        common += ("--tmpfs", "/tmp")
+        common += ("--tmpfs", "/tmp", *_tmp_binds())
         if root:
             found.append(
                 Isolation("bwrap", (*common, *_reveal(_interpreter_paths())), NOBODY, True, guard=False)
@@ -104,6 +104,16 @@ def _interpreter_paths() -> list[str]:
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
     paths.update(p for p in sys.path if p and os.path.isdir(p))
     return sorted(os.path.realpath(p) for p in paths)
+
+
+def _tmp_binds() -> list[str]:
+    """Read-only binds of the interpreter's and this package's paths that lie under ``/tmp``, which the
+    sandbox's empty ``/tmp`` would otherwise hide (a checkout or virtualenv in ``/tmp``, as on CI runners)."""
+    tmp = os.path.realpath("/tmp")
+    paths = {*_interpreter_paths(), os.path.realpath(os.path.dirname(__file__))}
+    inside = sorted(p for p in paths if p.startswith(tmp + "/"))
+    inside = [p for p in inside if not any(p.startswith(q + "/") for q in inside)]
+    return [arg for path in inside for arg in ("--ro-bind", path, path)]
 
 
 def _reveal(paths: list[str]) -> list[str]:
