@@ -16,8 +16,8 @@ from selfevolve.acquire.trace import (
     TraceConfig,
     TraceEvent,
     estimate_tokens,
-    in_place_changes,
     logical_lines,
+    pure_lines,
     token_counter,
     trace_call,
     trace_many,
@@ -168,6 +168,35 @@ def test_list_and_dict_mutation_through_aliases():
             return seen, firsts  # (18) __return__=({'a': ['ab', 'ac'], 'b': ['b']}, ['B', 'ab'])
         # call: group(['ab', 'b', 'ac'])
         # returned: ({'a': ['ab', 'ac'], 'b': ['b']}, ['B', 'ab'])
+        """)
+
+
+def test_nested_containers_and_sets_are_shown_as_they_were_then():
+    program = """
+        def fill(n):
+            grid = [[0] * n for _ in range(n)]
+            row = grid[0]
+            row[1] = 5
+            seen = {(0, 1)}
+            seen.add((1, 1))
+            grid[1][1] = seen
+            buffer = bytearray(b"a")
+            buffer += b"b"
+            return len(grid)
+        """
+    assert rendered(program, "fill(2)", value_width=60) == code("""
+        def fill(n):  # (0) n=2
+            grid = [[0] * n for _ in range(n)]  # (1) grid=[[0, 0], [0, 0]]; (2) _=0; (3) _=1
+            row = grid[0]  # (4) row=[0, 0]
+            row[1] = 5  # (5) grid=[[0, 5], [0, 0]], row=[0, 5]
+            seen = {(0, 1)}  # (6) seen={(0, 1)}
+            seen.add((1, 1))  # (7) seen={(0, 1), (1, 1)}
+            grid[1][1] = seen  # (8) grid=[[0, 5], [0, {(0, 1), (1, 1)}]]
+            buffer = bytearray(b"a")  # (9) buffer=bytearray(b'a')
+            buffer += b"b"  # (10) buffer=bytearray(b'ab')
+            return len(grid)  # (11) __return__=2
+        # call: fill(2)
+        # returned: 2
         """)
 
 
@@ -480,7 +509,15 @@ def test_statement_analysis():
                      2)
             return g(xs)
         """)
-    assert in_place_changes(program) == {2: [], 3: [], 4: ["total"], 5: ["xs"], 8: [], 9: [], 10: []}
+    assert pure_lines(program) == {
+        2: ["n"],
+        3: ["total"],
+        4: ["total"],
+        5: ["xs"],
+        8: [],
+        9: [],
+        10: ["total"],
+    }
     starts, anchors = logical_lines(program)
     assert starts[11] == 10 and anchors[10] == 11 and anchors[1] == 1
 

@@ -14,6 +14,7 @@ import dis
 import io
 import itertools
 import json
+import marshal
 import re
 import sys
 import time
@@ -28,10 +29,11 @@ MODULE_PATH = re.compile(r"(<module '[^']*') from '[^']*'>")  # where a module w
 BIG, PREFIX = 200, 64  # containers of more than BIG items are compared by length and first PREFIX items only
 IMMUTABLE = frozenset({int, float, complex, str, bytes, bool, type(None), range})  # unchanged while bound
 CONTAINERS = (list, tuple, dict, set, frozenset, deque)
-BUILTIN = IMMUTABLE | {*CONTAINERS, bytearray}  # operators and indexing on these never change them in place
 CODE = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)
 COMPREHENSIONS = ("<listcomp>", "<dictcomp>", "<setcomp>", "<genexpr>")
 QUIET_EXCEPTIONS = (StopIteration, StopAsyncIteration, GeneratorExit)  # how iteration ends, not errors
+UNBOUND = object()  # what a name not (yet) bound in the frame reads as
+OPTIMIZED = 0x1  # CO_OPTIMIZED: a function's frame, whose locals are its code's variables
 SUSPENDABLE = 0x20 | 0x80 | 0x200  # CO_GENERATOR | CO_COROUTINE | CO_ASYNC_GENERATOR
 FINAL_RETURNS = {dis.opmap[name] for name in ("RETURN_VALUE", "RETURN_CONST") if name in dis.opmap}
 
@@ -47,7 +49,9 @@ def clip(text, width):
 
 def clean(text):
     """A repr without object addresses and module paths, which change from run to run and machine to machine."""
-    return MODULE_PATH.sub(r"\1>", ADDRESS.sub("", text))
+    if " at 0x" in text:
+        text = ADDRESS.sub("", text)
+    return MODULE_PATH.sub(r"\1>", text) if "<module '" in text else text
 
 
 def show(value):
@@ -62,9 +66,21 @@ def show(value):
         return f"<unrepresentable {type(value).__name__}>"
 
 
+def snapshot(value):
+    """A deep copy of builtin data frozen as ``marshal`` bytes (several times faster than its repr), else the
+    repr: what a mutable value's changes are detected by, and what it is shown from later. (marshal writes a
+    bytearray as bytes: one on its own is repr'd, one inside a container shows as bytes.)"""
+    if type(value) is bytearray:
+        return show(value)
+    try:
+        return marshal.dumps(value, 2)  # version 2: no back-references, so equal data gives equal bytes
+    except ValueError:  # not builtin data (a user object inside), or nested too deep
+        return show(value)
+
+
 def fingerprint(value):
-    """What a mutable value's changes are detected by: its repr, or for a container of more than BIG items its
-    length and the repr of its first PREFIX items (so a loop that grows a long list stays linear)."""
+    """:func:`snapshot` of a mutable value; for a container of more than BIG items its length and the snapshot
+    of its first PREFIX items (so a loop that grows a long list stays linear)."""
     if isinstance(value, CONTAINERS) and len(value) > BIG:
         if isinstance(value, dict):
             head = dict(itertools.islice(value.items(), PREFIX))
@@ -72,8 +88,13 @@ def fingerprint(value):
             head = value[:PREFIX]
         else:
             head = list(itertools.islice(value, PREFIX))
-        return (len(value), show(head))
-    return show(value)
+        return (len(value), snapshot(head))
+    return snapshot(value)
+
+
+def hidden(name):
+    """A comprehension's hidden iterator (``.0``) or a dunder: never shown."""
+    return name[0] == "." or (name[:2] == "__" and name[-2:] == "__")
 
 
 def describe(err):
@@ -88,10 +109,22 @@ def describe(err):
 class Frame:
     """What the tracer keeps about one running call of a program function."""
 
-    __slots__ = ("call", "depth", "offset", "pending", "raising", "snapshot")
+    __slots__ = (
+        "call",
+        "comprehension",
+        "depth",
+        "events",
+        "names",
+        "offset",
+        "pending",
+        "raising",
+        "snapshot",
+    )
 
-    def __init__(self, call, depth):
+    def __init__(self, call, depth, comprehension, names):
         self.call, self.depth = call, depth
+        self.comprehension = comprehension  # a comprehension's frame: no statements, one event per iteration
+        self.names = names  # the locals worth showing (None: a class body's, found at each event)
         self.snapshot = {}  # name -> (value, fingerprint or None for immutables)
         self.pending = None  # the event of the statement running now; its changes are known at the next event
         self.raising = False  # an exception is propagating through the frame
@@ -101,16 +134,18 @@ class Frame:
 class Tracer:
     """The ``sys.settrace`` callbacks; ``lines`` maps a line number to its count and first/last events."""
 
-    def __init__(self, starts, watch, width, first, last, max_steps, deadline):
+    def __init__(self, starts, pure, width, first, last, max_steps, deadline):
         self.starts = starts  # line -> first line of its statement, for statements over several lines
-        self.watch = watch  # line -> the only locals its statement may change in place (no calls, no stores)
+        self.spread = {*starts, *starts.values()}  # every line of those statements
+        self.pure = pure  # line -> the only locals its statement can change (it calls nothing that could)
         self.width, self.first, self.last = width, first, last
         self.max_steps, self.deadline = max_steps, deadline
         self.steps = 0
         self.calls = 0
         self.depth = 0
         self.lines = {}  # line -> [count, first events, deque of last events]
-        self.frames = {}  # id(frame) -> Frame
+        self.frames = {}  # id(frame) -> Frame, for the generators and coroutines that may resume
+        self.names = {}  # code object -> the locals worth showing of its frames
 
     def record(self, line, state, changes):
         """A new event ``[index, line, call id, depth, changes]`` stored under its line; returns it."""
@@ -125,106 +160,165 @@ class Tracer:
         (slot[1] if len(slot[1]) < self.first else slot[2]).append(event)
         return event
 
-    def diff(self, frame, state, line=None):
-        """The locals that changed since the frame's last snapshot, as ``[name, repr]`` pairs.
+    def diff(self, frame, state, names=None):
+        """The locals that changed since the frame's last snapshot, as ``[name, value, fingerprint]`` entries
+        (the fingerprint is None for an immutable value).
 
-        After a statement that ``watch`` lists, a local still bound to the same object of a builtin type is
-        unchanged unless the statement may change it in place (``xs += [1]``): no repr needed.
+        ``names``: the only locals to look at (after a statement that ``pure`` lists, only the locals it assigns
+        can have changed); else all the frame's.
         """
-        snapshot, changes = state.snapshot, []
-        watched = self.watch.get(line)
-        for name, value in frame.f_locals.items():
-            old = snapshot.get(name)
-            if old is not None and old[0] is value:
-                kind = type(value)
-                if kind in IMMUTABLE or (watched is not None and kind in BUILTIN and name not in watched):
-                    continue  # the same immutable object, or one the statement could not have changed
-            if name[0] in "._" and (name[0] == "." or (name[:2] == "__" and name[-2:] == "__")):
-                continue  # a comprehension's hidden iterator, or a dunder
-            if isinstance(value, CODE):
-                continue  # an import or a nested def: no state worth a token
-            if type(value) in IMMUTABLE:
-                if old is not None and type(old[0]) is type(value) and old[0] == value:
+        known, changes, local = state.snapshot, [], frame.f_locals
+        if names is None:
+            names = state.names if state.names is not None else [n for n in local if not hidden(n)]
+        for name in names:
+            value = local.get(name, UNBOUND)
+            if value is UNBOUND:
+                continue
+            old = known.get(name)
+            kind = type(value)
+            if kind in IMMUTABLE:
+                if old is not None and (old[0] is value or (type(old[0]) is kind and old[0] == value)):
                     continue
                 key = None
+            elif isinstance(value, CODE):
+                continue  # an import or a nested def: no state worth a token
             else:
                 key = fingerprint(value)
                 if old is not None and old[1] == key:
                     continue
-            snapshot[name] = (value, key)
-            changes.append([name, self.text(value, key)])
+            known[name] = (value, key)
+            changes.append([name, value, key])
         return changes
 
+    def entry(self, name, value):
+        """A change entry for a value as it is now (a returned list may be changed later)."""
+        return [name, value, None if type(value) in IMMUTABLE else fingerprint(value)]
+
     def text(self, value, key=None):
-        """How a value is shown: its repr cut to ``width`` (long strings are never repr'd whole)."""
+        """How a value is shown: its repr cut to ``width`` (long strings are never repr'd whole). A mutable
+        value is shown as it was when ``key``, its fingerprint, was taken."""
+        if key is not None:
+            head = key[1] if isinstance(key, tuple) else key
+            if isinstance(head, str):  # already a repr
+                return clip(head, self.width)
+            value = marshal.loads(head)
         if isinstance(value, (str, bytes)) and len(value) > self.width:
             return clip(show(value[: self.width]), self.width)
-        if key is None:
-            key = show(value) if type(value) in IMMUTABLE else fingerprint(value)
-        return clip(key if isinstance(key, str) else key[1], self.width)
+        return clip(show(value), self.width)
 
-    def settle(self, frame, state):
-        """Attribute the changes since the last event to the statement still pending in this frame."""
-        pending = state.pending
-        changes = self.diff(frame, state, None if pending is None else pending[1])
-        if pending is not None:
-            pending[4].extend(changes)
-        return pending
+    def rendered(self):
+        """The kept events by line, ``{line: [count, first, last]}``, each change written as ``[name, repr]``.
+        Values are only repr'd here, for the few runs kept, not for every run."""
+        lines = {}
+        for line, (count, first, last) in self.lines.items():
+            events = [*first, *last]
+            for event in events:
+                event[4] = [[name, self.text(value, key)] for name, value, key in event[4]]
+            lines[str(line)] = [count, events[: len(first)], events[len(first) :]]
+        return lines
 
     def on_call(self, frame, event, arg):
-        if frame.f_code.co_filename != PROGRAM:
-            return None
-        if id(frame) not in self.frames:  # a new call, not a generator resuming
-            self.calls += 1
-            self.depth += 1
-            state = self.frames[id(frame)] = Frame(self.calls, self.depth)
-            changes = self.diff(frame, state)
-            if frame.f_code.co_name not in COMPREHENSIONS:
-                state.pending = self.record(frame.f_lineno, state, changes)
-        return self.on_event
-
-    def on_event(self, frame, event, arg):
-        state = self.frames.get(id(frame))
-        if state is None:
-            return self.on_event
         code = frame.f_code
-        if code.co_name in COMPREHENSIONS:  # no statements inside: one event per iteration's new values
-            changes = self.diff(frame, state, frame.f_lineno)
-            if changes:
-                self.record(frame.f_lineno, state, changes)
-            pending = None
-        elif event == "line":
-            pending = self.settle(frame, state)
-            line, offset = self.starts.get(frame.f_lineno, frame.f_lineno), frame.f_lasti
-            if pending is None or pending[1] != line or offset <= state.offset or pending[4]:
-                state.pending = self.record(line, state, [])  # a new run, not the statement's next line
-            state.offset = offset
+        if code.co_filename != PROGRAM:
+            return None
+        suspendable = code.co_flags & SUSPENDABLE
+        if suspendable and id(frame) in self.frames:  # a generator resuming, not a new call
+            return self.frames[id(frame)].events
+        self.calls += 1
+        self.depth += 1
+        names = self.names.get(code, UNBOUND)
+        if names is UNBOUND:
+            every = code.co_varnames + code.co_cellvars + code.co_freevars
+            optimized = code.co_flags & OPTIMIZED
+            names = self.names[code] = [n for n in every if not hidden(n)] if optimized else None
+        comprehension = code.co_name in COMPREHENSIONS
+        state = Frame(self.calls, self.depth, comprehension, names)
+        if suspendable:
+            self.frames[id(frame)] = state
+        changes = self.diff(frame, state)
+        if comprehension:
+            state.events = self.follow_comprehension(state)
         else:
-            pending = self.settle(frame, state)
-        if event == "line":
+            state.pending = self.record(frame.f_lineno, state, changes)
+            state.events = self.follow(state)
+        return state.events
+
+    def follow(self, state):
+        """The local trace function of one call. It runs at every line, so it is a closure over what it needs
+        rather than a method that looks the frame's state up."""
+        pure, spread, starts, diff, record, other = (
+            self.pure,
+            self.spread,
+            self.starts,
+            self.diff,
+            self.record,
+            self.on_other,
+        )
+
+        def events(frame, event, arg):
+            pending = (
+                state.pending
+            )  # the statement that ran since the last event; the call's first is recorded
+            names = pure.get(pending[1])
+            if names is None or names:
+                changes = diff(frame, state, names)
+                if changes:
+                    pending[4] += changes
+            if event != "line":
+                other(frame, event, arg, state, pending)
+                return events
             state.raising = False
-        elif event == "exception":
+            line = frame.f_lineno
+            if line not in spread:  # a one-line statement: each line event is a new run of it
+                state.pending = record(line, state, [])
+            else:  # a new run, unless it is the next line of the statement running now
+                line, offset = starts.get(line, line), frame.f_lasti
+                if pending[1] != line or offset <= state.offset or pending[4]:
+                    state.pending = record(line, state, [])
+                state.offset = offset
+            return events
+
+        return events
+
+    def follow_comprehension(self, state):
+        """The local trace function of a comprehension's call: no statements, one event per iteration's new
+        values."""
+        diff, record, other = self.diff, self.record, self.on_other
+
+        def events(frame, event, arg):
+            changes = diff(frame, state)
+            if changes:
+                record(frame.f_lineno, state, changes)
+            if event != "line":
+                other(frame, event, arg, state, None)
+            return events
+
+        return events
+
+    def on_other(self, frame, event, arg, state, pending):
+        """An exception passing through a program frame, or the frame returning or yielding."""
+        if event == "exception":
             if pending is not None and not isinstance(arg[1], (*QUIET_EXCEPTIONS, StepLimit)):
-                pending[4].append(["__exception__", self.text(arg[1])])
+                pending[4].append(self.entry("__exception__", arg[1]))
             state.raising = True
         elif event == "return":
+            code = frame.f_code
             final = (
                 state.raising
                 or not code.co_flags & SUSPENDABLE
                 or code.co_code[frame.f_lasti] in FINAL_RETURNS
             )
             if pending is not None and not state.raising:
-                pending[4].append(["__return__" if final else "__yield__", self.text(arg)])
+                pending[4].append(self.entry("__return__" if final else "__yield__", arg))
             if final:
-                del self.frames[id(frame)]
+                self.frames.pop(id(frame), None)
                 self.depth -= 1
-        return self.on_event
 
 
 def run(request, answer):
-    """Load the program, then run (and trace) the call ``repeat`` times; fills ``answer``, returns the tracer.
+    """Load the program, then run (and trace) the call ``repeat`` times; fills ``answer``.
 
-    ``seconds`` is the fastest of the repeats; the trace is the last repeat's.
+    ``seconds`` is the fastest of the repeats, writing the trace out included; the trace is the last repeat's.
     """
     width = request["width"]
     namespace = {"__name__": "__program__"}
@@ -233,19 +327,19 @@ def run(request, answer):
         exec(compile(request["setup"], "<setup>", "exec"), namespace)
     except BaseException as err:
         answer.update(status="error", exception=clip(describe(err), width))
-        return None
+        return
     try:
         code, expression = compile(request["call"], "<call>", "eval"), True
     except SyntaxError:
         code, expression = compile(request["call"], "<call>", "exec"), False
     starts = {int(line): start for line, start in request["starts"].items()}
-    watch = {int(line): set(names) for line, names in request["watch"].items()}
+    pure = {int(line): names for line, names in request["pure"].items()}
     tracer, fastest = None, float("inf")
     for _ in range(request["repeat"]):
         began = time.perf_counter()
         if request["trace"]:
             limits = request["first"], request["last"], request["max_steps"], began + request["time_limit_s"]
-            tracer = Tracer(starts, watch, width, *limits)
+            tracer = Tracer(starts, pure, width, *limits)
             sys.settrace(tracer.on_call)
         try:
             value = eval(code, namespace)
@@ -257,9 +351,10 @@ def run(request, answer):
             answer.update(status="raised", exception=clip(describe(err), width))
         finally:
             sys.settrace(None)
+            if tracer is not None:
+                answer.update(steps=tracer.steps, lines=tracer.rendered())
             fastest = min(fastest, time.perf_counter() - began)
     answer["seconds"] = fastest
-    return tracer
 
 
 def fit(answer, width):
@@ -279,12 +374,7 @@ def main(request_json):
     answer = {"status": "returned", "value": None, "exception": None, "steps": 0, "seconds": 0.0}
     captured = io.StringIO()
     with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
-        tracer = run(request, answer)
+        run(request, answer)
     answer["output"] = captured.getvalue()[: request["output_chars"]]
-    if tracer is not None:
-        answer["steps"] = tracer.steps
-        answer["lines"] = {
-            str(line): [count, first, list(last)] for line, (count, first, last) in tracer.lines.items()
-        }
     sys.stdout.write("\n" + SENTINEL + fit(answer, request["width"]) + "\n")
     sys.stdout.flush()

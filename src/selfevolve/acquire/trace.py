@@ -256,26 +256,27 @@ def _header(node: ast.stmt) -> list[ast.AST] | None:
     return None
 
 
-def in_place_changes(program: str) -> dict[int, list[str]]:
-    """Lines whose statement can change objects in place only through the listed locals (mostly none): no
-    calls but pure builtins and string/dict queries, no item or attribute stores. The tracer skips the
-    repr of the other locals there while they stay bound to the same object, which keeps it fast."""
+def pure_lines(program: str) -> dict[int, list[str]]:
+    """Lines whose statement can change only the locals it assigns, listed (in order): it calls nothing but
+    pure builtins and string/dict queries and stores no item or attribute. After such a line the tracer looks
+    at those locals only, not at every local, which keeps it fast."""
     tree = ast.parse(program)
     defined = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
     defined |= {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef)}
-    watch: dict[int, list[str]] = {}
+    pure: dict[int, list[str]] = {}
     for node in ast.walk(tree):
         header = _header(node) if isinstance(node, ast.stmt) else None
-        if header is None:
+        if header is None or not all(_pure(sub, defined) for part in header for sub in ast.walk(part)):
             continue
-        names = []
-        if isinstance(node, ast.AugAssign):
-            if not isinstance(node.target, ast.Name):
-                continue
-            names.append(node.target.id)
-        if all(_pure(sub, defined) for part in header for sub in ast.walk(part)):
-            watch[node.lineno] = names
-    return watch
+        names = (
+            [node.target.id] if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name) else []
+        )
+        for part in header:
+            for sub in ast.walk(part):
+                if isinstance(sub, ast.Name) and not isinstance(sub.ctx, ast.Load) and sub.id not in names:
+                    names.append(sub.id)
+        pure[node.lineno] = names
+    return pure
 
 
 def _pure(node: ast.AST, defined: set[str]) -> bool:
@@ -323,7 +324,7 @@ def _request(program: str, call: str, setup: str, config: TraceConfig, traced: b
         {
             "source": program,
             "starts": starts,
-            "watch": in_place_changes(program),
+            "pure": pure_lines(program),
             "setup": setup,
             "call": call,
             "trace": traced,
