@@ -50,7 +50,7 @@ def test_acr_of_a_file_writes_results_histogram_and_memorized_documents(tmp_path
         (["acr", "", "--model", "tiny-random-llama"], "empty"),
         (["acr", "--model", "tiny-random-llama"], "pass either a TEXT"),
         (["acr", "--file", "/nonexistent/t.jsonl"], "does not exist"),
-        (["acr", "MALFORMED"], "is not valid JSON"),
+        (["acr", "MALFORMED"], "not valid JSON"),
         (["acr", "hi", "--steps", "0"], "steps must be a positive integer"),
         (["acr", "hi", "--steps", "99999999"], "absurd"),
         (["acr", "hi", "--template", "alpaca"], "template must be"),

@@ -437,7 +437,7 @@ def test_judge_code_user_errors_are_one_line(tmp_path):
     )
     no_completion = _samples(tmp_path / "short.jsonl", [{"task_id": "HumanEval/0"}])
     cases = [
-        (["--samples", str(tmp_path / "missing.jsonl")], "cannot read"),
+        (["--samples", str(tmp_path / "missing.jsonl")], "not found"),
         (["--samples", str(bad_json)], "line 2: not valid JSON"),
         (["--samples", good, "--mode", "telepathy"], "unknown --mode 'telepathy'"),
         (["--samples", unknown], "HumanEval/9999"),

@@ -123,7 +123,7 @@ def test_table_averages_over_tasks_and_skips_k_beyond_the_samples():
 def test_samples_file_errors_name_the_line(problems, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"task_id": "HumanEval/0", "completion": "x"}\n{not json\n')
-    with pytest.raises(SelfEvolveError, match="line 2 is not JSON"):
+    with pytest.raises(SelfEvolveError, match="line 2: not valid JSON"):
         load_samples(bad, problems)
     bad.write_text(
         '{"task_id": "HumanEval/0", "completion": "x"}\n\n{"task_id": "Nope/1", "completion": ""}\n'
@@ -170,9 +170,9 @@ def test_cli_prints_pass_at_k_and_writes_results(problems, tmp_path):
 @pytest.mark.parametrize(
     ("content", "extra", "needle"),
     [
-        ('{"task_id": "HumanEval/0", "completion": "x"}\n{"task_id": \n', [], "line 2 is not JSON"),
+        ('{"task_id": "HumanEval/0", "completion": "x"}\n{"task_id": \n', [], "line 2: not valid JSON"),
         ('{"task_id": "HumanEval/999", "completion": "x"}\n', [], "unknown task_id 'HumanEval/999'"),
-        ('["not", "an", "object"]\n', [], "line 1 is not a JSON object"),
+        ('["not", "an", "object"]\n', [], "line 1: not a JSON object"),
         (None, [], "not found"),
         ('{"task_id": "HumanEval/0", "completion": "x"}\n', ["--k", "0"], "--k must be"),
         (

@@ -169,7 +169,7 @@ def test_target_files_round_trip_and_bad_files_are_errors(tmp_path):
     assert load_targets(path) == [Target("x", " spaced text ", "mine"), Target("y", "more", "custom")]
     bad = tmp_path / "bad.jsonl"
     for content, needle in [
-        ('{"text": "a"}\n{not json\n', "bad.jsonl:2 is not valid JSON"),
+        ('{"text": "a"}\n{not json\n', "bad.jsonl line 2: not valid JSON"),
         ('{"txt": "a"}\n', 'needs a non-empty string "text"'),
         ('{"text": "a", "id": "k"}\n{"text": "b", "id": "k"}\n', "duplicate"),
         ("\n\n", "holds no targets"),

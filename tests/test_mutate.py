@@ -237,7 +237,8 @@ def test_candidates_round_trip_through_jsonl(tmp_path):
     ("line", "needle"),
     [
         ("not json", "not valid JSON"),
-        ("[1, 2]", "task_id and completion"),
+        ("[1, 2]", "not a JSON object"),
+        ("{}", "task_id and completion"),
         ('{"task_id": 3, "completion": "x"}', "must be strings"),
         ('{"task_id": "a", "completion": "x", "passed": "yes"}', "passed must be"),
         ('{"task_id": "a", "completion": "x", "source": 1}', "source must be a string"),

@@ -341,8 +341,8 @@ def test_documents_and_questions_round_trip(tmp_path):
     [
         ("empty.txt", "   \n", "is empty"),
         ("binary.txt", b"\xff\xfe\x00garbage\x80", "not UTF-8"),
-        ("bad.jsonl", '{"text": "ok"}\n{not json\n', "bad.jsonl:2 is not valid JSON"),
-        ("list.jsonl", "[1, 2]\n", "must be a JSON object"),
+        ("bad.jsonl", '{"text": "ok"}\n{not json\n', "bad.jsonl line 2: not valid JSON"),
+        ("list.jsonl", "[1, 2]\n", "not a JSON object"),
         ("notext.jsonl", '{"title": "x"}\n', "field 'text' must be a non-empty string"),
         ("blank.jsonl", '{"text": "   "}\n', "field 'text'"),
         ("none.jsonl", "\n\n", "holds no documents"),

@@ -306,7 +306,7 @@ def test_malformed_jsonl_names_the_line(store: ExperienceStore, tmp_path: Path) 
     good = json.dumps(dataclasses.asdict(make(run)))
     cases = {
         "{not json": "line 3: not valid JSON",
-        "[1, 2]": "line 3: not an experience",
+        "[1, 2]": "line 3: not a JSON object",
         json.dumps({"task": "t"}): "line 3: not an experience",
         json.dumps({**json.loads(good), "extra": 1}): "line 3: not an experience",
         json.dumps({**json.loads(good), "phase": "nap"}): "line 3: phase 'nap'",
@@ -318,8 +318,11 @@ def test_malformed_jsonl_names_the_line(store: ExperienceStore, tmp_path: Path) 
         with pytest.raises(SelfEvolveError, match=match):
             store.import_jsonl(path)
     assert len(store) == 0  # nothing from a bad file is kept
-    with pytest.raises(SelfEvolveError, match="cannot read"):
+    with pytest.raises(SelfEvolveError, match="not found"):
         store.import_jsonl(tmp_path / "missing.jsonl")
+    (tmp_path / "binary.jsonl").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(SelfEvolveError, match="cannot read"):
+        store.import_jsonl(tmp_path / "binary.jsonl")
 
 
 def test_threads_share_one_store(store: ExperienceStore) -> None:

@@ -9,6 +9,7 @@ object may be used from several threads: a lock serialises its single connection
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import math
 import numbers
@@ -61,6 +62,33 @@ _ORDERS = {
     "created_at": "created_at, id",
     "-created_at": "created_at DESC, id DESC",
 }
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a ``.jsonl`` or ``.jsonl.gz`` file; a missing or
+    unreadable file, or a line that is not a JSON object, is a one-line error that names the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise SelfEvolveError(f"{path} not found; pass an existing .jsonl or .jsonl.gz file")
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError as err:
+                    raise SelfEvolveError(
+                        f"{path} line {number}: not valid JSON ({err}); fix or remove the line"
+                    ) from None
+                if not isinstance(record, dict):
+                    raise SelfEvolveError(
+                        f"{path} line {number}: not a JSON object but {type(record).__name__}; fix or remove the line"
+                    )
+                yield number, record
+    except (OSError, EOFError, UnicodeDecodeError) as err:
+        raise SelfEvolveError(f"cannot read {path} ({err}); check the path") from None
 
 
 @dataclass
@@ -445,25 +473,14 @@ class ExperienceStore:
         With ``run_id`` every line goes to that run; without it each line keeps its own ``run_id``, and runs
         this store lacks are created (status ``finished``). Ids are reassigned. Returns the number added.
         """
-        path = Path(path)
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SelfEvolveError(f"cannot read {path} ({exc}); check the path") from None
         fields = dataclasses.fields(Experience)
         allowed = {f.name for f in fields}
         required = {f.name for f in fields if f.default is f.default_factory is dataclasses.MISSING}
         required -= {"run_id"} if run_id is not None else set()
         rows = []
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
+        for number, record in read_jsonl(path):
             where = f"{path} line {number}"
-            try:
-                record = json.loads(line)
-            except ValueError as exc:
-                raise SelfEvolveError(f"{where}: not valid JSON ({exc}); fix or remove the line") from None
-            if not isinstance(record, dict) or not required <= record.keys() <= allowed:
+            if not required <= record.keys() <= allowed:
                 raise SelfEvolveError(
                     f"{where}: not an experience; it needs keys {sorted(required)}, allows {sorted(allowed)}"
                 )

