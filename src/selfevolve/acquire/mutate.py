@@ -390,13 +390,14 @@ def _experience(run_id: str, problem: Problem, candidate: Candidate) -> Experien
 
 SAMPLE_INSTRUCTION = "Complete the following {language} function. Reply with the whole function in one ```{language} code block."
 _FENCE = re.compile(r"```[\w+-]*[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
-_KEPT_TOP_LEVEL = (
+DEFINITIONS = (  # the top-level statements of a reply worth keeping: no tests, no prints
     ast.Import,
     ast.ImportFrom,
     ast.FunctionDef,
     ast.AsyncFunctionDef,
     ast.ClassDef,
     ast.Assign,
+    ast.AnnAssign,
 )
 
 
@@ -421,7 +422,7 @@ def extract_completion(problem: Problem, reply: str) -> str:
     body = entry[-1].body
     if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
         body = body[1:] or [ast.Pass()]  # the prompt already holds the docstring
-    helpers = [s for s in tree.body if isinstance(s, _KEPT_TOP_LEVEL) and s is not entry[-1]]
+    helpers = [s for s in tree.body if isinstance(s, DEFINITIONS) and s is not entry[-1]]
     lines = ["    " + line if line else line for s in body for line in ast.unparse(s).splitlines()]
     text = "\n".join(lines) + "\n"
     return text + "".join("\n\n" + ast.unparse(s) + "\n" for s in helpers)

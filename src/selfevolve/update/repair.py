@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from selfevolve.acquire.mutate import DEFINITIONS
 from selfevolve.acquire.trace import TokenCounter, TraceConfig, token_counter, trace_many
 from selfevolve.config import config_to_dict
 from selfevolve.errors import SelfEvolveError
@@ -148,17 +149,6 @@ CLOSING_FENCE = "\n```\n"
 _FENCE = re.compile(r"```[ \t]*(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 
 
-KEPT = (
-    ast.Import,
-    ast.ImportFrom,
-    ast.FunctionDef,
-    ast.AsyncFunctionDef,
-    ast.ClassDef,
-    ast.Assign,
-    ast.AnnAssign,
-)
-
-
 def _definitions(code: str, name: str) -> str | None:
     """The imports, definitions and assignments of ``code`` (its tests and prints dropped), if it parses and
     defines the function ``name``; else None."""
@@ -173,7 +163,7 @@ def _definitions(code: str, name: str) -> str | None:
         (min([n.lineno, *(d.lineno for d in getattr(n, "decorator_list", []))]), n.end_lineno)
         for n in tree.body
     ]
-    kept = [lines[a - 1 : b] for (a, b), n in zip(spans, tree.body) if isinstance(n, KEPT)]
+    kept = [lines[a - 1 : b] for (a, b), n in zip(spans, tree.body) if isinstance(n, DEFINITIONS)]
     return "\n".join("\n".join(chunk) for chunk in kept) + "\n"
 
 
