@@ -56,8 +56,16 @@ class FakeOptimizer:
 def test_minprompt_follows_the_paper_schedule(tiny_llama, needed, lengths, budgets, prompt_tokens):
     fake = FakeOptimizer(needed)
     target = "0123456789"  # 10 byte tokens
-    result = minprompt_search(tiny_llama, target, MiniPromptConfig(GCGConfig(steps=40)), optimizer=fake)
+    announced = []
+    result = minprompt_search(
+        tiny_llama,
+        target,
+        MiniPromptConfig(GCGConfig(steps=40)),
+        optimizer=fake,
+        on_length=lambda n, steps: announced.append((n, steps, len(fake.calls))),
+    )
     assert [n for n, _, _ in fake.calls] == lengths
+    assert announced == [(n, b, i) for i, (n, b) in enumerate(zip(lengths, budgets))]  # before each run
     assert [steps for _, steps, _ in fake.calls] == budgets
     assert result.prompt_tokens == prompt_tokens and result.target_tokens == 10
     assert result.success == (prompt_tokens is not None)

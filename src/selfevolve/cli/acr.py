@@ -87,7 +87,7 @@ def main(
     if out is None and file is not None:
         out = Path(f"{file.stem}.acr.jsonl")
     backend = load_model(model, device=device)
-    records = acr_audit(backend, targets, config, progress=file is not None, resume_file=out)
+    records = acr_audit(backend, targets, config, resume_file=out)
     rows = [r if isinstance(r, dict) else {"model": backend.revision, **r.as_dict()} for r in records]
     for row in rows:
         keys = ("id", "set", "target", "target_tokens", "prompt_tokens", "acr", "memorized", "success")

@@ -95,8 +95,11 @@ def minprompt_search(
     target: str | Target,
     config: MiniPromptConfig | None = None,
     optimizer: Optimizer = gcg,
+    on_length: Callable[[int, int], None] | None = None,
 ) -> ACRResult:
-    """MiniPrompt: the shortest prompt found (by ``optimizer``) that makes the model emit ``target``, and its ACR."""
+    """MiniPrompt: the shortest prompt found (by ``optimizer``) that makes the model emit ``target``, and its ACR.
+
+    ``on_length(n_tokens, steps)`` is called before each prompt length is tried (a search takes minutes)."""
     config = config or MiniPromptConfig()
     item = target if isinstance(target, Target) else Target("target", target)
     if not item.text.strip():
@@ -108,6 +111,8 @@ def minprompt_search(
     attempts: list[Attempt] = []
     init: list[int] = []
     while True:
+        if on_length is not None:
+            on_length(n, budget)
         result = optimizer(model, item.text, n, replace(config.gcg, steps=budget), init=init)
         if config.warm_start:
             init = result.prompt_ids
@@ -206,7 +211,14 @@ def acr_audit(
         if (item.id, item.text) in done:
             results.append(done[(item.id, item.text)])
             continue
-        result = minprompt_search(model, item, config)
+        result = minprompt_search(
+            model,
+            item,
+            config,
+            on_length=lambda n, steps, i=item.id: bar.set_postfix_str(
+                f"{i}: {n} prompt tokens, <= {steps} steps"
+            ),
+        )
         results.append(result)
         bar.set_postfix_str(f"{item.id}: acr {result.acr:.2f}{' memorized' if result.memorized else ''}")
         if path is not None:
