@@ -100,8 +100,12 @@ def test_demo_runs_and_records_experiences(tmp_path):
     assert done.returncode == 0, done.stderr
     lines = (tmp_path / "experiences.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
-    assert len(records) == 8 and {r["phase"] for r in records} == {"acquire", "evaluate"}
+    assert len(records) == 9 and {r["phase"] for r in records} == {"acquire", "evaluate"}
     assert any("Paris" in r["response"] for r in records)
+    (repair,) = [r for r in records if r["method"] == "next"]
+    assert repair["task"].startswith("repair:HumanEval/3#") and "# (0) operations=" in repair["prompt"]
+    assert repair["score"] in (0.0, 1.0) and repair["feedback"]["test"].startswith("assert ")
+    assert "5. sandbox + NExT" in done.stdout and "6. trace-guided repair" in done.stdout
 
 
 @pytest.mark.slow

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.syntax import Syntax
 from rich.table import Table
 
 from selfevolve.runtime.registry import DEFAULT_MODEL
 
+DEMO_TASK = "HumanEval/3"  # below_zero: a short loop, so the trace of its mutant fits a screen
 QUESTIONS = (
     "What is the capital of France?",
     "Give me one tip for writing clean Python code.",
@@ -26,13 +28,16 @@ def main(
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Model to show off."),
     out: Path = typer.Option(Path("results/demo"), "--out", help="Where the experience store and export go."),
 ) -> None:
-    """Load the model, generate in a batch, score answers, sample, and record it all in the experience store."""
+    """Load the model, generate in a batch, score answers, sample, compress the KV cache, repair a traced bug in
+    the sandbox, and record it all in the experience store."""
     from selfevolve.cli._common import quiet_libraries
 
     quiet_libraries()
+    from selfevolve.evaluate.humaneval import load_humaneval
     from selfevolve.runtime import load_model
     from selfevolve.runtime.kv import SnapKV, StreamingLLM, prefill
     from selfevolve.store import Experience, ExperienceStore
+    from selfevolve.update.repair import RepairConfig, attempt_repairs, build_problems
 
     console = Console()
     start = time.perf_counter()
@@ -96,6 +101,21 @@ def main(
         table.add_row(label, f"{kv_bytes / 2**20:.1f} MiB", reply.text.strip())
     console.print(table)
 
+    task = next(p for p in load_humaneval() if p.task_id == DEMO_TASK)
+    config = RepairConfig(mutants_per_task=1, max_new_tokens=160)
+    (bug,) = build_problems([task], config)
+    console.print(
+        f"[bold]5. sandbox + NExT[/bold]: a mutant of {bug.task_id} ({bug.operator}) fails "
+        f"[cyan]{bug.test}[/cyan] in the sandbox; its inline execution trace:"
+    )
+    console.print(Syntax(bug.trace.rstrip(), "python", word_wrap=True))
+    (attempt,) = attempt_repairs(
+        backend, [bug], {task.task_id: task}, config, traced=True, n=1, temperature=0.8, seed=0
+    )
+    verdict = "passes every test" if attempt.passed else f"does not pass the tests ({attempt.status})"
+    console.print(f"[bold]6. trace-guided repair[/bold]: the model's fix {verdict}. Its answer:")
+    console.print(f"  {attempt.reply.strip()}", markup=False, highlight=False)
+
     out.mkdir(parents=True, exist_ok=True)
     with ExperienceStore(out / "experiences.sqlite") as store:
         run_id = store.start_run("demo", config={"model": model})
@@ -112,6 +132,19 @@ def main(
             )
             for q, a in zip(QUESTIONS, answers)
         ]
+        records.append(
+            Experience(
+                run_id=run_id,
+                task=f"repair:{bug.key}",
+                prompt=bug.trace,
+                response=attempt.reply,
+                score=float(attempt.passed),
+                feedback={"status": attempt.status, "test": bug.test},
+                method="next",
+                phase="acquire",
+                model_revision=backend.revision,
+            )
+        )
         records += [
             Experience(
                 run_id=run_id,
@@ -129,6 +162,6 @@ def main(
         store.finish_run(run_id)
         exported = store.export_jsonl(out / "experiences.jsonl", run_id=run_id)
         console.print(
-            f"[bold]5. experience store[/bold]: run {run_id} recorded {exported} experiences "
+            f"[bold]7. experience store[/bold]: run {run_id} recorded {exported} experiences "
             f"({len(store)} in {out / 'experiences.sqlite'}); exported to {out / 'experiences.jsonl'}"
         )
