@@ -47,6 +47,26 @@ def test_defaults_then_yaml_then_overrides(tmp_path):
     )
 
 
+@dataclass
+class Outer:
+    train: Train = field(default_factory=lambda: Train(learning_rate=5e-4, lora=Lora(rank=16)))
+    name: str = "outer"
+
+
+def test_a_nested_override_keeps_the_defaults_its_parent_sets(tmp_path):
+    assert load_config(Outer, None, ["train.epochs=9"]).train == Train(
+        learning_rate=5e-4, epochs=9, lora=Lora(rank=16)
+    )
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lora:\n    alpha: 2\n")
+    config = load_config(Outer, path, ["name=x"])
+    assert config == Outer(Train(learning_rate=5e-4, lora=Lora(rank=16, alpha=2.0)), "x")
+    with pytest.raises(SelfEvolveError, match="unknown config key"):
+        load_config(Outer, None, ["train.lora.ranks=3"])
+    with pytest.raises(SelfEvolveError, match="learning_rate must be positive"):
+        load_config(Outer, None, ["train.learning_rate=-1"])
+
+
 def test_ints_widen_to_floats_and_save_round_trips(tmp_path):
     config = load_config(Train, overrides=["learning_rate=1", "budget=512"])
     assert config.learning_rate == 1.0 and isinstance(config.learning_rate, float) and config.budget == 512

@@ -66,7 +66,16 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
     raise SelfEvolveError(f"config key {key!r}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
 
 
-def _build(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
+def _default(spec: dataclasses.Field) -> Any:
+    if spec.default_factory is not dataclasses.MISSING:
+        return spec.default_factory()
+    return None if spec.default is dataclasses.MISSING else spec.default
+
+
+def _build(cls: type[T], values: Mapping[str, Any], prefix: str = "", base: Any = None) -> T:
+    """``cls`` from ``values`` over ``base`` (an instance) or its defaults. A nested config given as a mapping
+    is layered over the default its parent sets (``train.epochs=3`` keeps the other ``train`` values that
+    the parent chose, not those of ``TrainingConfig`` itself)."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - set(fields))
@@ -75,7 +84,13 @@ def _build(cls: type[T], values: Mapping[str, Any], prefix: str = "") -> T:
             f"unknown config key(s) {', '.join(prefix + k for k in unknown)} for {cls.__name__}; "
             f"valid keys: {', '.join(prefix + k for k in fields)}"
         )
-    kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in values.items()}
+    kwargs = {} if base is None else {name: getattr(base, name) for name in fields}
+    for name, value in values.items():
+        current = getattr(base, name) if base is not None else _default(fields[name])
+        if isinstance(value, Mapping) and dataclasses.is_dataclass(current) and not isinstance(current, type):
+            kwargs[name] = _build(type(current), value, f"{prefix}{name}.", base=current)
+        else:
+            kwargs[name] = _coerce(value, hints[name], prefix + name)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
