@@ -1,12 +1,13 @@
 """The tracing harness: runs *inside* the sandboxed interpreter, so it uses the standard library only.
 
-The parent appends ``main(REQUEST)``, REQUEST being a JSON object (``source``, ``setup``, ``call``, ``trace``
-and the limits). The harness loads the program from ``source`` (untraced), runs ``setup`` (untraced: test
-helpers), then runs ``call`` with ``sys.settrace`` watching every frame whose code comes from the program. For each run of a program statement it records the
-global execution-order index, the call id and depth of its frame, and the local variables the statement changed
-(reprs, cut to ``width``), plus returned and yielded values and exceptions. Only the first and last few runs of
-each line are kept, so memory stays bounded on long loops. The answer is printed after :data:`SENTINEL` as one
-JSON line of at most :data:`MAX_ANSWER` characters; the program's own output is captured, never mixed with it.
+The parent appends ``main(REQUEST)``, REQUEST being a JSON object (``source``, ``setup``, ``call``, ``trace``,
+``starts``, ``pure`` and the limits). The harness loads the program from ``source`` (untraced), runs ``setup``
+(untraced: test helpers), then runs ``call`` with ``sys.settrace`` watching every frame whose code comes from
+the program. For each run of a program statement it records the global execution-order index, the call id and
+depth of its frame, and the local variables the statement changed (reprs, cut to ``width``), plus returned and
+yielded values and exceptions. Only the first and last few runs of each line are kept, so memory stays bounded
+on long loops, and values are only turned into text for those. The answer is printed after :data:`SENTINEL` as
+one JSON line of at most :data:`MAX_ANSWER` characters; the program's own output is captured, never mixed in.
 """
 
 import contextlib
