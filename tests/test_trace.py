@@ -200,6 +200,22 @@ def test_nested_containers_and_sets_are_shown_as_they_were_then():
         """)
 
 
+def test_long_containers_keep_their_kind_when_shortened():
+    program = """
+        from collections import deque
+
+        def grow(n):
+            s, q = set(), deque()
+            for i in range(n):
+                s.add(i)
+                q.append(i)
+            return len(s) + len(q)
+        """
+    lines = rendered(program, "grow(300)", value_width=24).splitlines()
+    assert lines[5].endswith("(900) s={0, 1, 2, 3, 4, 5, 6, 7…")
+    assert lines[6].endswith("(901) q=deque([0, 1, 2, 3, 4, 5…")
+
+
 def test_generators():
     program = """
         def evens(n):

@@ -87,8 +87,9 @@ def fingerprint(value):
             head = dict(itertools.islice(value.items(), PREFIX))
         elif isinstance(value, (list, tuple)):
             head = value[:PREFIX]
-        else:
-            head = list(itertools.islice(value, PREFIX))
+        else:  # a set, frozenset or deque: its first PREFIX items, shown as the same kind of container
+            kind = frozenset if isinstance(value, frozenset) else set if isinstance(value, set) else deque
+            head = kind(itertools.islice(value, PREFIX))
         return (len(value), snapshot(head))
     return snapshot(value)
 
