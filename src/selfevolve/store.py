@@ -91,6 +91,19 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
         raise SelfEvolveError(f"cannot read {path} ({err}); check the path") from None
 
 
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:
+    """Write ``records`` as JSON lines, atomically (a staging file renamed over ``path``): a crash mid-write
+    leaves the old file whole, never half of the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.tmp")
+    with staging.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(staging, path)
+    return path
+
+
 @dataclass
 class Run:
     """One run of the loop: its name and config, and whether it is still running."""

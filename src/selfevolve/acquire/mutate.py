@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import json
-import os
 import random
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -30,7 +28,7 @@ from pathlib import Path
 from selfevolve.errors import SelfEvolveError
 from selfevolve.evaluate.humaneval import Problem, Sample, evaluate_samples
 from selfevolve.runtime.backend import Backend
-from selfevolve.store import Experience, ExperienceStore, read_jsonl
+from selfevolve.store import Experience, ExperienceStore, read_jsonl, write_jsonl
 
 OPERATORS = ("flip_comparison", "off_by_one", "swap_operands", "drop_branch", "wrong_return")
 METHOD = "codejudge-candidates"
@@ -460,14 +458,7 @@ def model_samples(
 
 def save_candidates(path: str | Path, candidates: Sequence[Candidate]) -> Path:
     """Write candidates as JSON lines (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.tmp")
-    with staging.open("w", encoding="utf-8") as handle:
-        for candidate in candidates:
-            handle.write(json.dumps(asdict(candidate), ensure_ascii=False) + "\n")
-    os.replace(staging, path)
-    return path
+    return write_jsonl(path, (asdict(candidate) for candidate in candidates))
 
 
 def load_candidates(path: str | Path) -> list[Candidate]:

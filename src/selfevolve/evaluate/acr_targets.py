@@ -8,14 +8,13 @@ the random strings come from the model's tokenizer and the fictional sentences f
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from selfevolve.errors import SelfEvolveError
-from selfevolve.store import read_jsonl
+from selfevolve.store import read_jsonl, write_jsonl
 
 
 @dataclass(frozen=True)
@@ -141,7 +140,4 @@ def load_targets(path: str | Path) -> list[Target]:
 
 def write_targets(targets: Sequence[Target], path: str | Path) -> Path:
     """Write targets as JSONL in the format :func:`load_targets` reads (also a document file for ``inject``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(asdict(t)) + "\n" for t in targets), encoding="utf-8")
-    return path
+    return write_jsonl(path, (asdict(t) for t in targets))

@@ -39,7 +39,7 @@ from selfevolve.errors import SelfEvolveError
 from selfevolve.evaluate.humaneval import Problem, Sample, evaluate_samples, pass_at_k
 from selfevolve.runtime.backend import Backend, Message
 from selfevolve.runtime.model import LocalModel
-from selfevolve.store import Experience, ExperienceStore
+from selfevolve.store import Experience, ExperienceStore, read_jsonl, write_jsonl
 from selfevolve.update.sft import CrossEntropyObjective
 from selfevolve.update.training import TrainingConfig, TrainResult, response_ids, save_model, train
 
@@ -408,13 +408,11 @@ def _write_json(path: Path, data) -> None:
 
 
 def _read_jsonl(path: Path, cls):
-    return [cls(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+    return [cls(**record) for _, record in read_jsonl(path)]
 
 
 def _write_jsonl(path: Path, items) -> None:
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text("".join(json.dumps(asdict(item)) + "\n" for item in items))
-    staging.replace(path)
+    write_jsonl(path, (asdict(item) for item in items))
 
 
 class _Recorder:

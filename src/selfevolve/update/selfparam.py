@@ -20,7 +20,6 @@ Parameter Integration").
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,7 +34,7 @@ from selfevolve.errors import SelfEvolveError
 from selfevolve.evaluate.qa import qa_prompt, text_example
 from selfevolve.runtime.backend import Prompt
 from selfevolve.runtime.model import LocalModel
-from selfevolve.store import ExperienceStore
+from selfevolve.store import ExperienceStore, read_jsonl, write_jsonl
 from selfevolve.update.losses import ForwardKLLoss, TopKForwardKLLoss
 from selfevolve.update.training import TrainingConfig, TrainResult, response_ids, train
 
@@ -210,7 +209,7 @@ class InjectionResult:
 
 
 def _load_items(path: Path) -> list[SynthesizedItem]:
-    return [SynthesizedItem(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+    return [SynthesizedItem(**record) for _, record in read_jsonl(path)]
 
 
 def inject(
@@ -265,7 +264,7 @@ def inject(
             "lower synthesis.min_support, raise synthesis.questions_per_document, or pass given questions"
         )
     if items_file is not None:
-        items_file.write_text("".join(json.dumps(asdict(item)) + "\n" for item in items))
+        write_jsonl(items_file, (asdict(item) for item in items))
     synthesis_seconds = time.perf_counter() - began
 
     began = time.perf_counter()
