@@ -18,6 +18,7 @@ import sqlite3
 import tempfile
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -89,6 +90,14 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
                 yield number, record
     except (OSError, EOFError, UnicodeDecodeError) as err:
         raise SelfEvolveError(f"cannot read {path} ({err}); check the path") from None
+
+
+def check_unique_ids(ids: Iterable[str], path: str | Path, what: str) -> None:
+    """A one-line error naming the ids that the records of ``path`` (``what``: "document", ...) repeat."""
+    counts = Counter(ids)
+    duplicates = sorted(i for i, n in counts.items() if n > 1)
+    if duplicates:
+        raise SelfEvolveError(f"{path}: duplicate {what} id(s) {duplicates}; ids must be unique")
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:

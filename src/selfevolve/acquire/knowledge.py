@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from selfevolve.errors import SelfEvolveError
-from selfevolve.store import read_jsonl
+from selfevolve.store import check_unique_ids, read_jsonl
 
 SIZES = {"single": 1, "small": 5, "batch": 10, "medium": 50, "large": 200}
 """Named sizes of fictional sets (number of documents)."""
@@ -243,10 +243,7 @@ def load_documents(path: str | Path) -> list[Document]:
             documents.append(Document(doc_id, title, text))
         if not documents:
             raise SelfEvolveError(f"{path} holds no documents; write one JSON object with 'text' per line")
-        ids = [d.id for d in documents]
-        duplicates = sorted({i for i in ids if ids.count(i) > 1})
-        if duplicates:
-            raise SelfEvolveError(f"{path}: duplicate document id(s) {duplicates}; ids must be unique")
+        check_unique_ids((d.id for d in documents), path, "document")
         return documents
     if path.suffix != ".txt":
         raise SelfEvolveError(

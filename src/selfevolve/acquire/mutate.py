@@ -259,10 +259,10 @@ def mutants(problem: Problem, *, per_operator: int = 3, seed: int = 0) -> list[M
     func, first, indent = _solution(problem)
     seen = {_render(func, first, indent)}
     pools: list[list[Mutant]] = []
+    # ast.walk is deterministic, so the k-th node of a deep copy is the copy of the k-th node.
+    nodes = [n for s in func.body[first:] for n in ast.walk(s)]
     for name, operator in _OPERATOR_FUNCTIONS.items():
         pool = []
-        # ast.walk is deterministic, so the k-th node of a deep copy is the copy of the k-th node.
-        nodes = [n for s in func.body[first:] for n in ast.walk(s)]
         for index, node in enumerate(nodes):
             for description, edit in operator(node, func):
                 mutated = copy.deepcopy(func)

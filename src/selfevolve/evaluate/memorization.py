@@ -25,6 +25,7 @@ from selfevolve.errors import SelfEvolveError
 from selfevolve.evaluate.acr_targets import Target
 from selfevolve.evaluate.gcg import GCGConfig, GCGResult, gcg
 from selfevolve.runtime.model import LocalModel
+from selfevolve.store import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -150,15 +151,13 @@ def _completed(path: Path, model: LocalModel) -> dict[tuple[str, str], dict]:
     if not path.is_file():
         return {}
     lines = path.read_text(encoding="utf-8").splitlines()
-    done = {}
-    for number, line in enumerate(lines, start=1):
+    if lines:
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            if number == len(lines):
-                path.write_text("".join(f"{kept}\n" for kept in lines[:-1]), encoding="utf-8")
-                break
-            raise SelfEvolveError(f"resume file {path}:{number} is not valid JSON; delete the line") from err
+            json.loads(lines[-1])
+        except json.JSONDecodeError:
+            path.write_text("".join(f"{kept}\n" for kept in lines[:-1]), encoding="utf-8")
+    done = {}
+    for _, record in read_jsonl(path):
         if record.get("model") != model.revision:
             raise SelfEvolveError(
                 f"resume file {path} holds results of model {record.get('model')!r}, not {model.revision!r}; "

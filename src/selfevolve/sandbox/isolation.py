@@ -106,13 +106,17 @@ def _interpreter_paths() -> list[str]:
     return sorted(os.path.realpath(p) for p in paths)
 
 
+def _outermost(paths: list[str]) -> list[str]:
+    """``paths`` without those inside another of them (binding the outer one covers them)."""
+    return [p for p in paths if not any(p.startswith(q + "/") for q in paths)]
+
+
 def _tmp_binds() -> list[str]:
     """Read-only binds of the interpreter's and this package's paths that lie under ``/tmp``, which the
     sandbox's empty ``/tmp`` would otherwise hide (a checkout or virtualenv in ``/tmp``, as on CI runners)."""
     tmp = os.path.realpath("/tmp")
     paths = {*_interpreter_paths(), os.path.realpath(os.path.dirname(__file__))}
-    inside = sorted(p for p in paths if p.startswith(tmp + "/"))
-    inside = [p for p in inside if not any(p.startswith(q + "/") for q in inside)]
+    inside = _outermost(sorted(p for p in paths if p.startswith(tmp + "/")))
     return [arg for path in inside for arg in ("--ro-bind", path, path)]
 
 
@@ -125,8 +129,7 @@ def _reveal(paths: list[str]) -> list[str]:
     args: list[str] = []
     hidden: set[str] = set()
     made: set[str] = set()
-    paths = [p for p in paths if not any(p.startswith(q + "/") for q in paths)]
-    for path in paths:
+    for path in _outermost(paths):
         closed = next((a for a in _ancestors(path) if not os.stat(a).st_mode & stat.S_IXOTH), None)
         if closed is None:
             continue
