@@ -79,6 +79,11 @@ class _Job:
     env: Mapping[str, str]
     isolation: Isolation
 
+    @property
+    def cpu_limit(self) -> int:
+        """Seconds of CPU the run may use (RLIMIT_CPU): the wall-clock limit, rounded up."""
+        return max(1, math.ceil(self.timeout_s))
+
 
 def run_python(
     code: str,
@@ -305,7 +310,7 @@ def _environment(job: _Job, workdir: str, run_id: str) -> dict[str, str]:
 
 
 def _limits(job: _Job) -> dict[str, list[int]]:
-    cpu = max(1, math.ceil(job.timeout_s))
+    cpu = job.cpu_limit
     memory = job.memory_mb * 1024 * 1024
     limits = {
         "RLIMIT_CPU": [cpu, cpu + 1],
@@ -507,7 +512,7 @@ def _classify(
     if job.isolation.name == "bwrap" and returncode > 128 and not events:
         signum = returncode - 128  # bubblewrap exits with 128 + the signal that killed the program
     if signum is not None:
-        cpu_limit = max(1, math.ceil(job.timeout_s))
+        cpu_limit = job.cpu_limit
         if signum == signal.SIGXCPU or (signum == signal.SIGKILL and cpu_s >= cpu_limit):
             return "timeout", None, f"CPU limit of {cpu_limit} s reached"
         return "killed", None, f"killed by {_signal_name(signum)}"
