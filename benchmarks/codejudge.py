@@ -47,7 +47,7 @@ from selfevolve.evaluate.codejudge import (
     judge,
     judge_metrics,
 )
-from selfevolve.evaluate.humaneval import load_humaneval
+from selfevolve.evaluate.humaneval import Problem, load_humaneval
 from selfevolve.runtime import load_model
 from selfevolve.runtime.registry import lookup
 
@@ -69,9 +69,8 @@ def _key(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def build_candidates(args: argparse.Namespace, cache: Path) -> list[Candidate]:
+def build_candidates(problems: list[Problem], args: argparse.Namespace, cache: Path) -> list[Candidate]:
     """The labelled candidates, from the cache when the same settings built them before."""
-    problems = load_humaneval()
     if not args.full:
         problems = random.Random(args.seed).sample(problems, min(args.problems, len(problems)))
         problems.sort(key=lambda p: int(p.task_id.split("/")[-1]))
@@ -109,10 +108,11 @@ def _load_verdicts(path: Path) -> list[JudgeResult]:
     return [JudgeResult(**row) for row in rows]
 
 
-def run_judge(name: str, modes: list[str], candidates: list[Candidate], args, cache: Path) -> list[dict]:
+def run_judge(
+    name: str, modes: list[str], candidates: list[Candidate], problems: dict[str, Problem], args, cache: Path
+) -> list[dict]:
     """Every mode of one judge model. Verdicts are appended to a cache file one batch at a time, so an
     interrupted run resumes at the batch where it stopped (batches are fixed, so the verdicts are the same)."""
-    problems = {p.task_id: p for p in load_humaneval()}
     config = CodeJudgeConfig(
         analysis_max_new_tokens=args.analysis_tokens,
         taxonomy_max_new_tokens=args.taxonomy_tokens,
@@ -174,12 +174,17 @@ def main(argv: list[str] | None = None) -> None:
     cache = Path(args.out) / "codejudge"
     cache.mkdir(parents=True, exist_ok=True)
 
-    candidates = build_candidates(args, cache)
+    humaneval = load_humaneval()
+    candidates = build_candidates(humaneval, args, cache)
     counts = {s: sum(c.source == s for c in candidates) for s in ("canonical", "mutant", "model")}
     print(
         f"{len(candidates)} candidates {counts}, {sum(bool(c.passed) for c in candidates)} pass", flush=True
     )
-    rows = [row for name in judges for row in run_judge(name, modes, candidates, args, cache)]
+    rows = [
+        row
+        for name in judges
+        for row in run_judge(name, modes, candidates, {p.task_id: p for p in humaneval}, args, cache)
+    ]
 
     title = (
         f"codejudge: {len(candidates)} HumanEval candidates{' (with reference)' if args.reference else ''}"
