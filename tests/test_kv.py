@@ -18,10 +18,11 @@ from selfevolve.runtime.kv import (
     parse_kv_spec,
     prefill,
 )
-from selfevolve.runtime.kv.base import attention_layers
+from selfevolve.runtime.compat import CACHE_NAMES, cache_in, cache_kwarg
+from selfevolve.runtime.kv.base import KVReport, attention_layers
 
 TEXT = "The quick brown fox jumps over the lazy dog while the cat sleeps by the warm fire. "
-PROMPTS = [TEXT * 3, "a short prompt", TEXT[:60]]  # 255, 14 and 60 byte tokens
+PROMPTS = [TEXT * 3, "a short prompt", TEXT[:60]]  # 249, 14 and 60 byte tokens (no BOS)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -53,7 +54,7 @@ def test_budget_at_least_the_prompt_is_token_exact(tiny_model, policy):
 
 
 def test_rows_within_the_budget_match_the_full_cache_in_a_padded_batch(tiny_model):
-    # budget 100 < padded width 255: the long row is compressed, the two short rows keep every real token
+    # budget 100 < padded width 249: the long row is compressed, the two short rows keep every real token
     # plus padding slots, through the gather and the rewritten 2D mask; their outputs must not change.
     policy = SnapKV(budget=100, window=8)
     expected = tokens(tiny_model.generate(PROMPTS, max_new_tokens=10))
@@ -67,8 +68,107 @@ def test_rows_within_the_budget_match_the_full_cache_in_a_padded_batch(tiny_mode
 def test_a_padded_batch_decodes_as_each_prompt_alone(tiny_model):
     policy = SnapKV(budget=40, window=8)
     together = tokens(tiny_model.generate(PROMPTS, max_new_tokens=8, kv_compression=policy))
-    alone = [tokens(tiny_model.generate([p], max_new_tokens=8, kv_compression=policy))[0] for p in PROMPTS]
+    assert policy.last_report.last.kept_tokens == 40  # the hooks really compressed the batch's prefill
+    alone = []
+    for prompt in PROMPTS:
+        alone += tokens(tiny_model.generate([prompt], max_new_tokens=8, kv_compression=policy))
+        width = len(tiny_model.encode(prompt))
+        assert policy.last_report.last.kept_tokens == min(40, width)  # 249 -> 40; 14 and 60 -> 14 and 40
     assert together == alone
+
+
+def test_the_report_records_each_prefill_with_exact_bytes(tiny_model):
+    model, config = tiny_model.model, tiny_model.model.config
+    ids, mask = batch(tiny_model, [TEXT * 2])  # one row, T = 166 byte tokens
+    with SnapKV(budget=48, window=8)(model) as report:
+        prefill(model, ids, mask)
+        prefill(model, ids[:, :30], mask[:, :30])  # below the budget: kept whole
+    first, second = report.prefills
+    width = ids.shape[1]
+    # keys + values, every layer: 2 x layers x kv heads x positions x head_dim x 4 bytes (float32)
+    head_dim = config.hidden_size // config.num_attention_heads
+    per_position = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 4
+    assert (first.batch, first.prompt_tokens, first.kept_tokens) == (1, width, 48)
+    assert (first.full_bytes, first.kept_bytes) == (per_position * width, per_position * 48)
+    assert first.ratio == pytest.approx(width / 48) and first.compress_ms > 0
+    assert (second.prompt_tokens, second.kept_tokens, second.ratio) == (30, 30, 1.0)
+    assert report.last is second
+
+
+def test_generate_keeps_the_report_of_its_last_call(tiny_model):
+    policy = StreamingLLM(sinks=4, recent=36)
+    tiny_model.generate(PROMPTS, max_new_tokens=4, kv_compression=policy)
+    (record,) = policy.last_report.prefills  # one batch of three prompts, one prefill
+    assert (record.batch, record.prompt_tokens, record.kept_tokens) == (3, 249, 40)
+
+
+def test_an_empty_report_says_so():
+    with pytest.raises(SelfEvolveError, match="no prefill yet"):
+        KVReport().last
+
+
+@contextlib.contextmanager
+def cache_renamed(model, name: str = "kv_store"):
+    """Decoder layers hand attention its cache as ``name``, as a future transformers might rename it again.
+
+    A pre-hook renames the argument before any other hook sees it and the attention's forward maps it back,
+    so the model still works (the cache fills up) but the KV hooks never see the cache.
+    """
+
+    def rename(module, args, kwargs):
+        for old in CACHE_NAMES:
+            if old in kwargs:
+                kwargs[name] = kwargs.pop(old)
+        return args, kwargs
+
+    handles, layers = [], attention_layers(model)
+    for module in layers:
+        inner = module.forward
+
+        def forward(*args, _inner=inner, _module=module, **kwargs):
+            return _inner(*args, **cache_kwarg(_module, kwargs.pop(name, None)), **kwargs)
+
+        module.forward = forward
+        handles.append(module.register_forward_pre_hook(rename, with_kwargs=True, prepend=True))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module in layers:
+            del module.forward
+
+
+@pytest.mark.parametrize("policy", [SnapKV(budget=40, window=8), StreamingLLM(4, 36), RandomKV(budget=40)])
+def test_a_compression_the_hooks_never_saw_is_a_loud_error(tiny_model, policy):
+    ids, mask = batch(tiny_model, [TEXT * 2])
+    with cache_renamed(tiny_model.model):
+        full = prefill(tiny_model.model, ids, mask)  # the renamed model still works with no policy
+        assert full.cache.get_seq_length() == ids.shape[1]
+        with pytest.raises(SelfEvolveError, match=r"did not compress.*expected 40 .*transformers 5\."):
+            tiny_model.generate([TEXT * 2], max_new_tokens=4, kv_compression=policy)
+        with pytest.raises(SelfEvolveError, match="did not compress"):
+            prefill(tiny_model.model, ids, mask, policy)
+    assert prefill(tiny_model.model, ids, mask, policy).cache.get_seq_length() == 40  # hooks restored
+
+
+def test_a_budget_covering_the_prompt_is_no_error_when_the_hooks_are_blind(tiny_model):
+    ids, mask = batch(tiny_model, [TEXT])  # 83 tokens, budget 100: nothing to evict, nothing to check
+    with cache_renamed(tiny_model.model):
+        assert prefill(tiny_model.model, ids, mask, SnapKV(budget=100)).cache.get_seq_length() == 83
+
+
+def test_the_cache_argument_goes_by_the_name_the_forward_takes():
+    class Before:  # transformers < 5.24
+        def forward(self, input_ids=None, past_key_values=None): ...
+
+    class After:  # transformers >= 5.24
+        def forward(self, input_ids=None, cache=None, **kwargs): ...
+
+    assert cache_kwarg(Before(), "C") == {"past_key_values": "C"}
+    assert cache_kwarg(After(), "C") == {"cache": "C"}
+    assert cache_in({"past_key_values": "old"}) == "old" and cache_in({"cache": "new"}) == "new"
+    assert cache_in({"cache": None, "past_key_values": "old"}) == "old" and cache_in({}) is None
 
 
 @pytest.mark.parametrize("gqa", ["kv_head", "query_head"])
@@ -326,11 +426,14 @@ def test_query_head_variant_decodes_inside_its_context(tiny_model):
 def test_plain_transformers_generate_under_the_context_manager(tiny_model):
     ids, mask = batch(tiny_model, PROMPTS)
     policy = SnapKV(budget=40, window=8)
-    with SnapKV(budget=40, window=8)(tiny_model.model), torch.inference_mode():
+    with SnapKV(budget=40, window=8)(tiny_model.model) as report, torch.inference_mode():
         out = tiny_model.model.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0
         )
+    assert [(r.prompt_tokens, r.kept_tokens) for r in report.prefills] == [(249, 40)]
+    assert policy.last_report is None or policy.last_report.prefills == []  # not used yet
     ours = tokens(tiny_model.generate(PROMPTS, max_new_tokens=6, kv_compression=policy, ignore_eos=True))
+    assert policy.last_report.last.kept_tokens == 40  # both paths really compressed
     assert [row[: len(o)] for row, o in zip(out[:, ids.shape[1] :].tolist(), ours, strict=True)] == ours
 
 

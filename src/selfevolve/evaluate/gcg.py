@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from selfevolve.errors import SelfEvolveError
+from selfevolve.runtime.compat import cache_kwarg, cache_of
 from selfevolve.runtime.model import LocalModel
 
 MAX_STEPS = 100_000
@@ -213,7 +214,7 @@ def _gradient(model: LocalModel, lay: Layout, prompt: torch.Tensor) -> _Pass:
         logits = out.logits[0].float()  # (T, V)
         loss = F.cross_entropy(logits, target)
         (grad,) = torch.autograd.grad(loss, one_hot)
-    kv = [(layer.keys.detach(), layer.values.detach()) for layer in out.past_key_values.layers]
+    kv = [(layer.keys.detach(), layer.values.detach()) for layer in cache_of(out).layers]
     return _Pass(grad, float(loss.detach()), bool((logits.argmax(-1) == target).all()), kv)
 
 
@@ -265,7 +266,7 @@ def _score(
                 )
             logits = model.model(
                 input_ids=inputs[rows, shared:].to(device),
-                past_key_values=cache,
+                **cache_kwarg(model.model, cache),
                 use_cache=cache is not None,
                 logits_to_keep=len(target),
             ).logits.float()  # (b, T, V)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from selfevolve.runtime.compat import cache_kwarg, cache_of
 from selfevolve.runtime.model import LocalModel
 
 CHUNK = 1024
@@ -44,8 +45,8 @@ def token_logprobs(
     with backend.lock, torch.inference_mode():
         for begin in range(0, len(ids) - 1, CHUNK):
             piece = torch.tensor([ids[begin : begin + CHUNK]], device=backend.device)
-            out = backend.model(input_ids=piece, past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+            out = backend.model(input_ids=piece, **cache_kwarg(backend.model, cache), use_cache=True)
+            cache = cache_of(out)
             logprobs = torch.log_softmax(
                 out.logits[0].float(), dim=-1
             )  # (chunk, V): row k predicts begin + k + 1

@@ -14,20 +14,28 @@ computed at and decoding appends at the true next position. With left padding a 
 keeps all its tokens plus padding slots; those slots come first in every head, so one (B, C) mask covers the
 whole cache, and the model-level hook rewrites the 2D attention mask ``generate`` passes (prompt width + new
 tokens) to match it.
+
+Every ``with`` block yields a :class:`KVReport` (also kept as the policy's ``last_report``) with one
+:class:`PrefillRecord` per prefill: prompt width, positions kept, cache bytes before and after, and the time the
+compression took. A prefill whose budget is below the prompt width but whose cache did not shrink to the budget
+raises :class:`SelfEvolveError` at once: a policy that silently did nothing is an error, not a result.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
+from typing import ClassVar
 
 import torch
 from transformers.cache_utils import DynamicLayer
 
 from selfevolve.errors import SelfEvolveError
+from selfevolve.runtime.compat import cache_in, cache_of, transformers_version
 
 
 def check_budget(budget: int | float) -> None:
@@ -87,6 +95,37 @@ class ExpandedLayer(DynamicLayer):
         return super().update(keys, values)
 
 
+@dataclass(frozen=True)
+class PrefillRecord:
+    """What a policy did to one prefill's cache (all layers together)."""
+
+    batch: int
+    prompt_tokens: int  # T, the (padded) prompt width
+    kept_tokens: int  # C, positions per head after the prefill (T when nothing was evicted)
+    full_bytes: int  # keys and values the prompt would hold uncompressed
+    kept_bytes: int  # keys and values held after the prefill
+    compress_ms: float  # time spent choosing and gathering the kept positions, all layers
+
+    @property
+    def ratio(self) -> float:
+        """How many times smaller the cache is than the full one."""
+        return self.full_bytes / self.kept_bytes
+
+
+@dataclass
+class KVReport:
+    """The prefills a policy compressed inside one ``with`` block, in order."""
+
+    prefills: list[PrefillRecord] = field(default_factory=list)
+
+    @property
+    def last(self) -> PrefillRecord:
+        """The most recent prefill (a :class:`SelfEvolveError` when there was none)."""
+        if not self.prefills:
+            raise SelfEvolveError("the KV policy has seen no prefill yet: run generate or prefill under it")
+        return self.prefills[-1]
+
+
 class _PromptState:
     """What one context entry knows of the current prompt: padding, width, and its mask after compression."""
 
@@ -94,16 +133,20 @@ class _PromptState:
         self.padding: torch.Tensor | None = None  # (B, T) True on real tokens, None when nothing is padded
         self.width = 0
         self.kept: torch.Tensor | None = None  # (B, C) after a compression, else None
+        self.prefill = False  # the forward under way is a prefill
+        self.full_bytes = 0
+        self.compress_seconds = 0.0
 
 
 def _watch_prompt(state: _PromptState, model, args: tuple, kwargs: dict):
     """Model pre-hook: record a prefill's padding, then align ``generate``'s 2D mask with the cache."""
-    cache, mask = kwargs.get("past_key_values"), kwargs.get("attention_mask")
+    cache, mask = cache_in(kwargs), kwargs.get("attention_mask")
     tokens = kwargs.get("input_ids", args[0] if args else None)
     width = (tokens if tokens is not None else kwargs["inputs_embeds"]).shape[1]
     if cache is None or cache.get_seq_length() == 0:
         state.padding = mask.bool() if mask is not None and mask.ndim == 2 else None
-        state.width, state.kept = width, None
+        state.width, state.kept, state.prefill = width, None, True
+        state.full_bytes, state.compress_seconds = 0, 0.0
         return None
     aligned = mask is None or mask.ndim != 2 or mask.shape[1] == cache.get_seq_length() + width
     if state.kept is None or aligned:
@@ -115,7 +158,7 @@ def _watch_prompt(state: _PromptState, model, args: tuple, kwargs: dict):
 
 def _attend_per_query_head(groups: int, module, args: tuple, kwargs: dict) -> None:
     """Attention pre-hook: one KV head per query head on an expanded layer, the model's grouping otherwise."""
-    cache = kwargs.get("past_key_values")
+    cache = cache_in(kwargs)
     expanded = cache is not None and isinstance(cache.layers[module.layer_idx], ExpandedLayer)
     module.num_key_value_groups = 1 if expanded else groups
 
@@ -126,8 +169,11 @@ class KVPolicy:
 
     Subclasses are dataclasses with their hyperparameters as fields, and implement :meth:`budget_for` and
     :meth:`score`. Compression only happens on a prefill (a forward pass on an empty cache), so decoding and
-    :func:`~selfevolve.runtime.kv.extend` append to the compressed cache untouched.
+    :func:`~selfevolve.runtime.kv.extend` append to the compressed cache untouched. ``last_report`` is the
+    :class:`KVReport` of the most recent ``with`` block.
     """
+
+    last_report: ClassVar[KVReport | None] = None
 
     @property
     def per_query_head(self) -> bool:
@@ -180,9 +226,9 @@ class KVPolicy:
 
     def _on_attention(self, state: _PromptState, module, args: tuple, kwargs: dict, output) -> None:
         """Attention forward hook: compress this layer's cache in place when the forward was a prefill."""
-        cache = kwargs.get("past_key_values")
+        cache = cache_in(kwargs)
         hidden_states = kwargs.get("hidden_states", args[0] if args else None)
-        if cache is None:
+        if cache is None or not state.prefill:
             return
         layer = cache.layers[module.layer_idx]
         if layer.get_seq_length() != hidden_states.shape[1]:
@@ -199,9 +245,12 @@ class KVPolicy:
             raise SelfEvolveError(
                 "KV compression needs left padding (pads before the prompt), got right padding"
             )
+        state.full_bytes += layer.keys.nbytes + layer.values.nbytes
+        start = time.perf_counter()
         compressed = self.compress(
             module, hidden_states, layer.keys, layer.values, padding, kwargs["position_embeddings"]
         )
+        state.compress_seconds += time.perf_counter() - start
         if compressed is None:
             return
         keys, values, state.kept = compressed
@@ -211,22 +260,57 @@ class KVPolicy:
         else:
             layer.keys, layer.values = keys, values
 
+    def _check_prefill(
+        self, state: _PromptState, report: KVReport, model, args: tuple, kwargs: dict, output
+    ) -> None:
+        """Model forward hook: record a finished prefill, and fail loudly when its cache did not shrink."""
+        if not state.prefill:
+            return
+        state.prefill = False
+        cache = cache_in(kwargs)
+        cache = cache_of(output) if cache is None else cache
+        width = state.width
+        real = int(state.padding.sum(dim=-1).max()) if state.padding is not None else width
+        budget = self.budget_for(real)
+        kept = sorted({layer.get_seq_length() for layer in cache.layers}) if cache is not None else []
+        expected = min(budget, width)
+        if kept != [expected]:
+            raise SelfEvolveError(
+                f"{type(self).__name__} did not compress the prompt cache: expected {expected} positions per "
+                f"head after a {width}-token prefill, found {kept or 'no cache'}; the model's attention layers "
+                f"did not hand the cache to the KV hooks under transformers {transformers_version()}: "
+                "install the tested versions (make install, constraints.txt) or report it"
+            )
+        kept_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+        record = PrefillRecord(
+            batch=cache.layers[0].keys.shape[0],
+            prompt_tokens=width,
+            kept_tokens=expected,
+            full_bytes=state.full_bytes or kept_bytes,
+            kept_bytes=kept_bytes,
+            compress_ms=1000 * state.compress_seconds,
+        )
+        report.prefills.append(record)
+
     @contextlib.contextmanager
-    def __call__(self, model) -> Iterator[None]:
-        """Hook ``model`` (a transformers causal LM) for the duration of the ``with`` block."""
+    def __call__(self, model) -> Iterator[KVReport]:
+        """Hook ``model`` (a transformers causal LM) for the ``with`` block; yields its :class:`KVReport`."""
         modules = attention_layers(model)
         groups = {module: module.num_key_value_groups for module in modules}
         state = _PromptState()
+        report = self.last_report = KVReport()
         handles = []
         try:
             handles.append(model.register_forward_pre_hook(partial(_watch_prompt, state), with_kwargs=True))
+            check = partial(self._check_prefill, state, report)
+            handles.append(model.register_forward_hook(check, with_kwargs=True))
             for module in modules:
                 hook = partial(self._on_attention, state)
                 handles.append(module.register_forward_hook(hook, with_kwargs=True))
                 if self.per_query_head:
                     hook = partial(_attend_per_query_head, groups[module])
                     handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
-            yield
+            yield report
         finally:
             for handle in handles:
                 handle.remove()

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from selfevolve.runtime.compat import cache_kwarg
 from selfevolve.runtime.kv.base import KVPolicy, kept_mask
 
 
@@ -64,7 +65,7 @@ def _forward(model, prompt: PromptCache, input_ids: torch.Tensor, attention_mask
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=positions,
-            past_key_values=prompt.cache,
+            **cache_kwarg(model, prompt.cache),
             use_cache=True,
             logits_to_keep=1,
         )
