@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from selfevolve.errors import SelfEvolveError
+from selfevolve.runtime.compat import CACHE_NAMES, cache_in, cache_kwarg
 from selfevolve.runtime.kv import (
     FullKV,
     RandomKV,
@@ -18,7 +19,6 @@ from selfevolve.runtime.kv import (
     parse_kv_spec,
     prefill,
 )
-from selfevolve.runtime.compat import CACHE_NAMES, cache_in, cache_kwarg
 from selfevolve.runtime.kv.base import KVReport, attention_layers
 
 TEXT = "The quick brown fox jumps over the lazy dog while the cat sleeps by the warm fire. "
@@ -104,7 +104,7 @@ def test_generate_keeps_the_report_of_its_last_call(tiny_model):
 
 def test_an_empty_report_says_so():
     with pytest.raises(SelfEvolveError, match="no prefill yet"):
-        KVReport().last
+        assert KVReport().last
 
 
 @contextlib.contextmanager

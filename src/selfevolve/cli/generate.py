@@ -54,3 +54,5 @@ def main(
     else:
         sys.stdout.write(backend.generate([request], kv_compression=compression, **options)[0].text)
     sys.stdout.write("\n")
+    if compression is not None:
+        sys.stderr.write(compression.last_report.last.summary() + "\n")

@@ -111,6 +111,14 @@ class PrefillRecord:
         """How many times smaller the cache is than the full one."""
         return self.full_bytes / self.kept_bytes
 
+    def summary(self) -> str:
+        """One line for people: positions kept and bytes before and after."""
+        mib = 2**20
+        return (
+            f"KV cache: {self.kept_tokens} of {self.prompt_tokens} prompt positions kept per head, "
+            f"{self.full_bytes / mib:.1f} -> {self.kept_bytes / mib:.1f} MiB ({self.ratio:.1f}x smaller)"
+        )
+
 
 @dataclass
 class KVReport:
