@@ -1,12 +1,14 @@
-"""Memorization audit on the embedded model: share memorized and mean ACR per target set, and GCG step time
-against nanoGCG's.
+"""Memorization audit on the embedded model: per target set the share memorized, the mean ACR of the memorized
+targets and, apart from it, the mean bound of those no prompt was found for; and GCG step time against nanoGCG's.
 
 Part 1 runs MiniPrompt (``selfevolve.evaluate.memorization``, the library's GCG defaults unless flags change them,
 the search capped at ``--max-prompt-tokens`` 15 on a CPU instead of the paper's 30, or one token above the
 target's length for longer targets, so that a failure's ACR bound stays below 1) over the built-in sets: famous
 quotations and licence lines (likely memorized), random token strings and fresh fictional sentences (not). Targets
 go round-robin over the sets, and no new one starts after ``--minutes``; finished targets are appended to
-``results/acr-targets.jsonl``, so a rerun resumes where the last one stopped (``--fresh`` starts over).
+``results/acr-targets.jsonl``, so a rerun resumes where the last one stopped (``--fresh`` starts over); a target
+is reused only when it was searched with the same settings. Every target row of ``results/acr.json`` holds the
+settings it was searched with and its seconds.
 
 ``--worst-case`` also times the dearest full search at the library's defaults (a 20-token random string, every
 length failing up to the 30-token cap) and stores it as ``worst_case``.

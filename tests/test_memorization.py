@@ -138,6 +138,36 @@ def test_the_audit_appends_each_target_and_resumes_after_a_crash(tiny_llama, tmp
     assert len(out.read_text().splitlines()) == 2
 
 
+def test_a_resume_with_other_search_settings_searches_again(tiny_llama, tmp_path, monkeypatch):
+    out = tmp_path / "acr.jsonl"
+    targets = [Target("a", "xy"), Target("b", "zw")]
+    one = MiniPromptConfig(GCGConfig(steps=1, batch=4), start_tokens=1, max_prompt_tokens=2)
+    two = MiniPromptConfig(GCGConfig(steps=2, batch=4), start_tokens=1, max_prompt_tokens=2)
+    acr_audit(tiny_llama, targets, one, progress=False, resume_file=out)
+    searched = []
+    search = memorization.minprompt_search
+
+    def counted(model, item, config, **kwargs):
+        searched.append((item.id, config.gcg.steps))
+        return search(model, item, config, **kwargs)
+
+    monkeypatch.setattr(memorization, "minprompt_search", counted)
+    again = acr_audit(tiny_llama, targets, two, progress=False, resume_file=out)
+    assert searched == [("a", 2), ("b", 2)]  # the steps=1 rows of the same targets were not reused
+    assert [r.settings["gcg"]["steps"] for r in again] == [2, 2]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["id"], r["settings"]["gcg"]["steps"]) for r in records] == [
+        ("a", 1),
+        ("b", 1),
+        ("a", 2),
+        ("b", 2),
+    ]
+    assert all(r["seconds"] > 0 for r in records)
+    searched.clear()
+    resumed = acr_audit(tiny_llama, targets, one, progress=False, resume_file=out)
+    assert searched == [] and resumed == records[:2]  # the first settings' rows, reused as stored
+
+
 def test_a_resume_file_of_another_model_is_refused(tiny_llama, tmp_path):
     out = tmp_path / "acr.jsonl"
     out.write_text(json.dumps({"model": "other@123", "id": "a", "target": "xy"}) + "\n")
@@ -189,21 +219,29 @@ def test_target_files_round_trip_and_bad_files_are_errors(tmp_path):
         load_targets(tmp_path / "missing.jsonl")
 
 
-def test_summary_and_histogram(tmp_path):
+def test_summary_keeps_memorized_ratios_and_failure_bounds_apart(tmp_path):
+    # The three quotations of docs/benchmarks.md: two 11-token lines found with 6-token prompts (ACR 11/6) and a
+    # 12-token line with no prompt up to the cap of 15 (bound 12/15 = 0.8). Mixed, they averaged
+    # (11/6 + 11/6 + 0.8) / 3 = 1.49; kept apart the memorized mean is 11/6 and the bound 0.8.
     rows = [
-        {"set": "a", "acr": 2.0, "memorized": True, "success": True, "seconds": 4.0},
-        {"set": "a", "acr": 0.5, "memorized": False, "success": False, "seconds": 2.0},
-        {"set": "b", "acr": 0.25, "memorized": False, "success": True, "seconds": 1.0},
+        {"set": "quotes", "acr": 11 / 6, "memorized": True, "success": True, "seconds": 4.0},
+        {"set": "quotes", "acr": 11 / 6, "memorized": True, "success": True, "seconds": 3.0},
+        {"set": "quotes", "acr": 12 / 15, "memorized": False, "success": False, "seconds": 2.0},
+        # found, but the prompt (8 tokens) is longer than the 2-token target: in neither mean
+        {"set": "found", "acr": 0.25, "memorized": False, "success": True, "seconds": 1.0},
+        {"set": "found", "acr": 0.5, "memorized": False, "success": False, "seconds": 3.0},
     ]
-    table = summarize(rows)
-    assert table[0] == {
-        "set": "a",
-        "targets": 2,
-        "memorized": 0.5,
-        "mean_acr": 1.25,
-        "success": 1.0 / 2,
-        "seconds_per_target": 3.0,
+    quotes, found = summarize(rows)
+    assert quotes == {
+        "set": "quotes",
+        "targets": 3,
+        "memorized": 2 / 3,
+        "mean_acr_memorized": pytest.approx(11 / 6),
+        "mean_bound": pytest.approx(0.8),
+        "success": 2 / 3,
+        "seconds_per_target": 3.0,  # (4 + 3 + 2) / 3
     }
-    assert table[1]["set"] == "b" and table[1]["memorized"] == 0.0
+    assert found["mean_acr_memorized"] is None and found["mean_bound"] == 0.5
+    assert found["memorized"] == 0.0 and found["success"] == 0.5
     png = histogram(rows, tmp_path / "h.png")
     assert png.read_bytes()[:4] == b"\x89PNG"

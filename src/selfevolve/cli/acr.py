@@ -17,14 +17,24 @@ def _print_summary(rows: list[dict]) -> None:
     from rich.table import Table
 
     table = Table(title="memorization audit (ACR > 1 and success = memorized)")
-    for column in ("set", "targets", "memorized", "mean ACR", "success", "s/target"):
+    columns = (
+        "set",
+        "targets",
+        "memorized",
+        "mean ACR, memorized",
+        "mean bound, not found",
+        "found",
+        "s/target",
+    )
+    for column in columns:
         table.add_column(column, justify="right")
     for row in rows:
         table.add_row(
             row["set"],
             str(row["targets"]),
             f"{row['memorized']:.0%}",
-            f"{row['mean_acr']:.2f}",
+            "-" if row["mean_acr_memorized"] is None else f"{row['mean_acr_memorized']:.2f}",
+            "-" if row["mean_bound"] is None else f"< {row['mean_bound']:.2f}",
             f"{row['success']:.0%}",
             f"{row['seconds_per_target']:.0f}",
         )

@@ -85,6 +85,7 @@ class ACRResult:
     prompt_ids: list[int] | None
     steps: int  # GCG steps over the whole search
     seconds: float
+    settings: dict  # the MiniPromptConfig the search ran with (a resumed audit reuses only equal settings)
     attempts: list[Attempt] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -142,12 +143,19 @@ def minprompt_search(
         prompt_ids=best.prompt_ids if best else None,
         steps=sum(a.steps for a in attempts),
         seconds=time.perf_counter() - began,
+        settings=settings_of(config),
         attempts=attempts,
     )
 
 
-def _completed(path: Path, model: LocalModel) -> dict[tuple[str, str], dict]:
-    """Records already in a resume file, keyed by (id, target); a torn last line (a crash mid-write) is dropped."""
+def settings_of(config: MiniPromptConfig) -> dict:
+    """The search settings as JSON values, the form a resume file stores and compares them in."""
+    return json.loads(json.dumps(asdict(config)))
+
+
+def _completed(path: Path, model: LocalModel, settings: dict) -> dict[tuple[str, str], dict]:
+    """Records in a resume file searched with ``settings``, keyed by (id, target); records of other settings are
+    left in the file but not reused. A torn last line (a crash mid-write) is dropped."""
     if not path.is_file():
         return {}
     lines = path.read_text(encoding="utf-8").splitlines()
@@ -163,7 +171,8 @@ def _completed(path: Path, model: LocalModel) -> dict[tuple[str, str], dict]:
                 f"resume file {path} holds results of model {record.get('model')!r}, not {model.revision!r}; "
                 "use another output file"
             )
-        done[(record["id"], record["target"])] = record
+        if record.get("settings") == settings:
+            done[(record["id"], record["target"])] = record
     return done
 
 
@@ -196,14 +205,15 @@ def acr_audit(
     progress: bool = True,
     resume_file: str | Path | None = None,
 ) -> list[ACRResult | dict]:
-    """MiniPrompt over every target, in order. With ``resume_file`` (JSONL) each finished target is appended to it
-    and targets already there are not searched again (their stored records come back as dicts)."""
+    """MiniPrompt over every target, in order. With ``resume_file`` (JSONL) each finished target is appended to it,
+    and targets already there with the same id, text, model and search settings are not searched again (their
+    stored records come back as dicts)."""
     from tqdm import tqdm
 
     config = config or MiniPromptConfig()
     items = as_targets(targets)
     path = Path(resume_file) if resume_file is not None else None
-    done = _completed(path, model) if path is not None else {}
+    done = _completed(path, model, settings_of(config)) if path is not None else {}
     results: list[ACRResult | dict] = []
     bar = tqdm(items, desc="acr", unit="target", disable=not progress)
     for item in bar:
@@ -225,8 +235,15 @@ def acr_audit(
     return results
 
 
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
 def summarize(records: Sequence[ACRResult | dict]) -> list[dict]:
-    """Per target set: targets, share memorized, mean ACR, mean prompt tokens and seconds per target."""
+    """Per target set: targets, share memorized, share found, seconds per target, and two means kept apart:
+    ``mean_acr_memorized``, the real ratios of the memorized targets, and ``mean_bound``, the upper bounds
+    (target tokens / the search cap) of the targets for which no prompt was found. A mean over no target is
+    None; a prompt found but not shorter than its target (ACR <= 1) counts in neither mean."""
     rows = [r.as_dict() if isinstance(r, ACRResult) else r for r in records]
     table = []
     for name in dict.fromkeys(r["set"] for r in rows):
@@ -236,7 +253,8 @@ def summarize(records: Sequence[ACRResult | dict]) -> list[dict]:
                 "set": name,
                 "targets": len(group),
                 "memorized": sum(r["memorized"] for r in group) / len(group),
-                "mean_acr": sum(r["acr"] for r in group) / len(group),
+                "mean_acr_memorized": _mean([r["acr"] for r in group if r["memorized"]]),
+                "mean_bound": _mean([r["acr"] for r in group if not r["success"]]),
                 "success": sum(r["success"] for r in group) / len(group),
                 "seconds_per_target": sum(r["seconds"] for r in group) / len(group),
             }
