@@ -48,7 +48,7 @@ def main(request_path: str, reply_path: str) -> None:
     runs += [(budget, kernel) for budget in request["budgets"] for kernel in request["kernels"]]
     rows = []
     for budget, kernel in runs:
-        hits, sizes, times, by_depth = [], [], [], {}
+        hits, sizes, times, by_depth, answers = [], [], [], {}, []
         for prompt in prompts:
             ids = torch.tensor([prompt["ids"]])
             context = ids.shape[1] - 1
@@ -57,6 +57,7 @@ def main(request_path: str, reply_path: str) -> None:
             press = None if budget is None else SnapKVPress(ratio, window_size=32, kernel_size=kernel)
             text, nbytes, prefill_ms = run_prompt(pipe, press, ids, request["new_tokens"])
             hits.append(prompt["key"] in text)
+            answers.append(text)
             sizes.append(nbytes)
             times.append(prefill_ms)
             by_depth.setdefault(f"{prompt['depth']:g}", []).append(hits[-1])
@@ -77,6 +78,7 @@ def main(request_path: str, reply_path: str) -> None:
                 "decode_ms_per_token": None,
                 "consistent": None,
                 "by_depth": {depth: sum(h) / len(h) for depth, h in by_depth.items()},
+                "answers": answers,
             }
         )
     versions = {

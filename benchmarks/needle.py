@@ -6,13 +6,17 @@ question lies in SnapKV's observation window (query-aware, the paper's setting).
 compresses the context before the question and appends the question to the compressed cache (query-agnostic).
 Greedy, up to ``--new-tokens`` tokens; correct when the key's digits appear in the answer.
 
-Accuracy: each prompt is prefilled once with the full cache while the attention inputs of every layer are
-recorded; each policy then compresses those records with its own ``compress`` (the very function its hooks
-call, so the cache is identical; ``compress_ms`` is its time) and decodes on its own cache. Speed and memory:
-``--timing-runs`` prompts per length go through the real path (``prefill(model, ids, policy)`` then
-``decode``) for every method, interleaved; rows report medians, and ``consistent`` says whether that path gave
-the same greedy tokens as the recorded one. One torch thread by default: on a shared 2-core machine a second
-intra-op thread makes every step wait for a descheduled partner (3-10x slower and far noisier here).
+Everything is measured through the path a user calls: ``LocalModel.generate(prompt,
+kv_compression=policy)`` (query-aware), or ``prefill`` / ``extend`` / ``decode`` (query-agnostic). Accuracy,
+cache bytes, ``compress_ms`` and ``prefill_ms`` come from that call and its policy's ``KVReport``; on the first
+``--timing-runs`` needles of a length every method decodes ``--decode-tokens`` tokens (``ignore_eos``) for
+``decode_ms_per_token``. Methods run interleaved (a different one first on each needle). The cross-check
+rebuilds every cache from a recorded full prefill with the policy's own ``compress`` and decodes it by hand;
+the run fails if the two paths disagree on a cache size or a retrieved key, and ``consistent`` is the share
+of needles whose answer tokens agree exactly. kvpress's ``SnapKVPress`` (own virtualenv) prefills the prompt
+minus its last token, so its window ends one token early: the ``snapkv-kvpress-inputs`` rows run our SnapKV on
+exactly those inputs for a like-for-like comparison. One torch thread by default: on a shared 2-core machine a
+second intra-op thread makes every step wait for a descheduled partner (3-10x slower and far noisier here).
 
     selfevolve bench needle [--lengths 1024 2048 4096 8192] [--needles 20] [--budgets 512 1024]
 """
@@ -39,6 +43,7 @@ from benchmarks._common import print_table, write_results
 from selfevolve.errors import SelfEvolveError
 from selfevolve.runtime import DEFAULT_MODEL, cache_dir, load_model
 from selfevolve.runtime.kv import (
+    FullKV,
     KVPolicy,
     PromptCache,
     RandomKV,
@@ -69,6 +74,7 @@ class Needle:
     key: str
     ids: list[int]
     question: int  # tokens of the question, chat-template tail and answer prefix that end ``ids``
+    text: str  # the rendered prompt a user would pass to ``generate`` (``ids`` is its tokenization)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -102,6 +108,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: steady timings on a shared machine)"
     )
+    parser.add_argument(
+        "--cross-check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also rebuild every cache from a recorded full prefill and fail the run if the two paths disagree",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results")
     parser.add_argument(
@@ -124,30 +136,32 @@ def build_needle(lm, haystack: list[int], length: int, depth: float, rng: random
     key = str(rng.randint(10000, 99999))
     needle = f"\n\nThe pass key is {key}. Remember it. {key} is the pass key.\n\n"
 
-    def render(context: str) -> list[int]:
-        chat = [{"role": "user", "content": INTRO + context + QUESTION}]
-        return lm.tokenizer(lm.render(chat) + ANSWER_PREFIX, add_special_tokens=False)["input_ids"]
+    def render(context: str) -> str:
+        return lm.render([{"role": "user", "content": INTRO + context + QUESTION}]) + ANSWER_PREFIX
+
+    def tokenize(text: str) -> list[int]:
+        return lm.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     rendered = lm.render([{"role": "user", "content": QUESTION}])
     question = rendered[rendered.index(QUESTION) :] + ANSWER_PREFIX
 
-    filler = max(length - len(render(needle)), 16)
+    filler = max(length - len(tokenize(render(needle))), 16)
     start = rng.randrange(0, len(haystack) - filler)
     text = lm.tokenizer.decode(haystack[start : start + filler])
     cut = int(depth * len(text))
     boundary = text.rfind(". ", 0, cut)
     cut = boundary + 2 if boundary > 0 else cut
-    ids = render(text[:cut] + needle + text[cut:])
-    return Needle(length, depth, key, ids, len(lm.tokenizer(question, add_special_tokens=False)["input_ids"]))
+    prompt = render(text[:cut] + needle + text[cut:])
+    return Needle(length, depth, key, tokenize(prompt), len(tokenize(question)), prompt)
 
 
-def policy_for(method: str, budget: int | None) -> KVPolicy | None:
+def policy_for(method: str, budget: int | None) -> KVPolicy:
     """The policy of a run label: ``full``, ``snapkv[-agnostic][-kK]`` (kernel 7 unless K), ``streaming``..."""
     if method.startswith("snapkv"):
         return SnapKV(budget=budget, kernel=int(method.rsplit("-k", 1)[1]) if "-k" in method else 7)
     if method == "streaming":
         return StreamingLLM(sinks=4, recent=budget - 4)
-    return RandomKV(budget=budget) if method == "random" else None
+    return RandomKV(budget=budget) if method == "random" else FullKV()
 
 
 @contextlib.contextmanager
@@ -217,60 +231,156 @@ def runs_for(args, length: int) -> list[tuple[str, int | None]]:
     return runs + [(label, b) for b in args.budgets if b < length for label in labels]
 
 
-def answer_ids(model, prompt: PromptCache, new_tokens: int, eos: set[int]) -> list[int]:
-    tokens = decode(model, prompt, new_tokens, eos_token_ids=eos)[0].tolist()
+def answer_ids(tokens: list[int], new_tokens: int, eos: set[int]) -> list[int]:
+    """The first ``new_tokens`` tokens, cut at the first end token (the answer greedy decoding gives)."""
+    tokens = tokens[:new_tokens]
     return tokens[: next((i for i, t in enumerate(tokens) if t in eos), len(tokens))]
 
 
-def score_length(lm, needles: list[Needle], runs, args) -> dict:
-    """Accuracy, answers and cache bytes of every method on every needle, one recorded prefill per needle."""
-    eos = lm.eos_token_ids
-    results = {run: {"hits": [], "bytes": [], "answers": [], "compress": []} for run in runs}
-    for number, needle in enumerate(needles):
+@dataclass
+class Outcome:
+    """One method on one needle, through the user's path."""
+
+    tokens: list[int]
+    text: str
+    kv_bytes: int
+    compress_ms: float
+    prefill_ms: float
+    decode_ms: float | None  # per token, on timed needles
+    consistent: bool | None = None  # same tokens as the cross-check's recorded path
+
+
+def run_user_path(lm, needle: Needle, run: tuple[str, int | None], args, timed: bool) -> Outcome:
+    """Answer ``needle`` the way a user would: ``LocalModel.generate(kv_compression=...)`` (query-aware), or
+    ``prefill`` of the context, ``extend`` by the question and ``decode`` (query-agnostic).
+
+    Bytes, compression and prefill times come from the policy's report of that very call. A timed needle
+    decodes ``--decode-tokens`` tokens past any end token, so every method decodes the same count.
+    """
+    policy = policy_for(*run)
+    count = max(args.new_tokens, args.decode_tokens) if timed else args.new_tokens
+    start = time.perf_counter()
+    if "agnostic" in run[0]:
         ids = torch.tensor([needle.ids], device=lm.device)
-        with recording(lm.model) as records:
-            full = prefill(lm.model, ids)
+        context = prefill(lm.model, ids[:, : -needle.question], policy=policy)
+        prompt = extend(lm.model, context, ids[:, -needle.question :])
+        middle, kv_bytes = time.perf_counter(), prompt.nbytes  # the cache the answer starts from
+        eos = () if timed else lm.eos_token_ids
+        tokens = decode(lm.model, prompt, count, eos_token_ids=eos)[0].tolist()
+        record = policy.last_report.last
+        prefill_ms, decode_seconds = 1000 * (middle - start), time.perf_counter() - middle
+    else:
+        (completion,) = lm.generate(
+            [needle.text], max_new_tokens=count, temperature=0.0, ignore_eos=timed, kv_compression=policy
+        )
+        total = time.perf_counter() - start
+        tokens, record = completion.token_ids, policy.last_report.last
+        kv_bytes, prefill_ms = record.kept_bytes, record.prefill_ms
+        decode_seconds = total - prefill_ms / 1000
+    answer = answer_ids(tokens, args.new_tokens, lm.eos_token_ids)
+    decode_ms = 1000 * decode_seconds / max(count - 1, 1) if timed else None
+    text = lm.tokenizer.decode(answer, skip_special_tokens=True)
+    return Outcome(answer, text, kv_bytes, record.compress_ms, prefill_ms, decode_ms)
+
+
+def cross_check(lm, needle: Needle, runs, args) -> dict:
+    """Each method's answer tokens and cache bytes from the recorded full prefill (the policies' own
+    ``compress`` on recorded tensors, decoded by hand): an independent path the user path must agree with."""
+    ids = torch.tensor([needle.ids], device=lm.device)
+    with recording(lm.model) as records:
+        full = prefill(lm.model, ids)
+    expected = {}
+    for run in runs:
+        question = needle.question if "agnostic" in run[0] else 0
+        prompt, _ = compressed_copy(lm.model, full, records, policy_for(*run), ids, question)
+        nbytes = prompt.nbytes  # before decoding appends to the cache
+        tokens = decode(lm.model, prompt, args.new_tokens, eos_token_ids=lm.eos_token_ids)[0].tolist()
+        expected[run] = (answer_ids(tokens, args.new_tokens, lm.eos_token_ids), nbytes)
+    return expected
+
+
+def score_length(lm, needles: list[Needle], runs, args) -> tuple[dict, list[str]]:
+    """Every method on every needle through the user's path, interleaved; and the cross-check's disagreements."""
+    results = {run: [] for run in runs}
+    disagreements = []
+    timed_lengths = args.timing_lengths or [needles[0].length]
+    for number, needle in enumerate(needles):
+        if lm.encode(needle.text) != needle.ids:
+            raise SelfEvolveError(f"needle {number} at {needle.length} does not re-tokenize to its own ids")
+        timed = number < args.timing_runs and needle.length in timed_lengths
+        order = runs[number % len(runs) :] + runs[: number % len(runs)]  # interleave, for fair timings
+        outcomes = {run: run_user_path(lm, needle, run, args, timed) for run in order}
+        expected = cross_check(lm, needle, runs, args) if args.cross_check else {}
         for run in runs:
-            question = needle.question if "agnostic" in run[0] else 0
-            prompt, compress_ms = compressed_copy(lm.model, full, records, policy_for(*run), ids, question)
-            results[run]["bytes"].append(prompt.nbytes)
-            results[run]["compress"].append(compress_ms)
-            tokens = answer_ids(lm.model, prompt, args.new_tokens, eos)
-            text = lm.tokenizer.decode(tokens, skip_special_tokens=True)
-            results[run]["hits"].append(needle.key in text)
-            results[run]["answers"].append(tokens)
-        line = " ".join(f"{m}{b or ''}={int(results[(m, b)]['hits'][-1])}" for m, b in runs)
+            outcome = outcomes[run]
+            results[run].append(outcome)
+            if run in expected:
+                tokens, nbytes = expected[run]
+                hit = needle.key in lm.tokenizer.decode(tokens, skip_special_tokens=True)
+                if nbytes != outcome.kv_bytes or hit != (needle.key in outcome.text):
+                    disagreements.append(
+                        f"{run[0]}@{run[1]} len {needle.length} needle {number}: user path "
+                        f"{outcome.kv_bytes} B {outcome.text!r}, recorded path {nbytes} B {tokens}"
+                    )
+                outcome.consistent = tokens == outcome.tokens
+        line = " ".join(f"{m}{b or ''}={int(needle.key in outcomes[(m, b)].text)}" for m, b in runs)
         print(
             f"  len {needle.length} needle {number} depth {needle.depth:.2f} key {needle.key}: {line}",
             flush=True,
         )
-    return results
+    return results, disagreements
 
 
-def time_length(lm, needles: list[Needle], runs, args, answers: dict) -> dict:
-    """Median prefill ms, decode ms per token and cache bytes of each method on the real (hooked) path."""
-    timings = {run: {"prefill": [], "decode": [], "bytes": [], "consistent": True} for run in runs}
-    if args.timing_lengths and needles[0].length not in args.timing_lengths:
-        return timings
-    for number, needle in enumerate(needles[: args.timing_runs]):
-        ids = torch.tensor([needle.ids], device=lm.device)
-        order = runs[number % len(runs) :] + runs[: number % len(runs)]
-        for run in order:
-            start = time.perf_counter()
-            if "agnostic" in run[0]:  # the context alone is compressed, then the question appended
-                context = prefill(lm.model, ids[:, : -needle.question], policy=policy_for(*run))
-                prompt = extend(lm.model, context, ids[:, -needle.question :])
-            else:
-                prompt = prefill(lm.model, ids, policy=policy_for(*run))
-            middle = time.perf_counter()
-            tokens = decode(lm.model, prompt, args.decode_tokens)[0].tolist()  # exactly decode_tokens tokens
-            end = time.perf_counter()
-            timings[run]["prefill"].append(1000 * (middle - start))
-            timings[run]["decode"].append(1000 * (end - middle) / max(args.decode_tokens - 1, 1))
-            timings[run]["bytes"].append(prompt.nbytes)
-            reference = answers[run][number][: len(tokens)]
-            timings[run]["consistent"] &= tokens[: len(reference)] == reference
-    return timings
+def same_inputs_as_kvpress(lm, needles: list[Needle], args) -> list[dict]:
+    """Our SnapKV on exactly kvpress's inputs: the prompt minus its last token is compressed (so the window
+    ends where kvpress's does), then the last token is appended and the answer decoded."""
+    rows = []
+    for budget in args.kvpress_budgets:
+        for kernel in args.snapkv_kernels:
+            answers, sizes = [], []
+            for needle in needles:
+                ids = torch.tensor([needle.ids], device=lm.device)
+                context = prefill(lm.model, ids[:, :-1], policy=SnapKV(budget=budget, kernel=kernel))
+                sizes.append(context.nbytes)  # as kvpress measures it: the compressed context alone
+                prompt = extend(lm.model, context, ids[:, -1:])
+                tokens = decode(lm.model, prompt, args.new_tokens, eos_token_ids=lm.eos_token_ids)[0].tolist()
+                answers.append(lm.tokenizer.decode(answer_ids(tokens, args.new_tokens, lm.eos_token_ids)))
+            hits = [n.key in a for n, a in zip(needles, answers, strict=True)]
+            rows.append(
+                {
+                    "method": "snapkv-kvpress-inputs" + ("" if kernel == 7 else f"-k{kernel}"),
+                    "budget": budget,
+                    "length": needles[0].length,
+                    "prompt_tokens": round(statistics.mean(len(n.ids) for n in needles)),
+                    "needles": len(needles),
+                    "accuracy": sum(hits) / len(hits),
+                    "kv_bytes": round(statistics.mean(sizes)),
+                    "answers": answers,
+                    "by_depth": {},
+                }
+            )
+    return rows
+
+
+def agreement(ours: list[dict], theirs: list[dict]) -> list[dict]:
+    """For each kernel and budget: the share of prompts on which our answer equals kvpress's, word for word."""
+    table = []
+    for row in ours:
+        label = row["method"].replace("snapkv-kvpress-inputs", "kvpress-snapkv")
+        match = next((t for t in theirs if t["method"] == label and t["budget"] == row["budget"]), None)
+        if match and "answers" in match:
+            pairs = zip(row["answers"], match["answers"], strict=True)
+            same = sum(a.strip() == b.strip() for a, b in pairs)
+            table.append(
+                {
+                    "kernel": row["method"],
+                    "budget": row["budget"],
+                    "ours": row["accuracy"],
+                    "kvpress": match["accuracy"],
+                    "same_answer": same / len(row["answers"]),
+                }
+            )
+    return table
 
 
 def heatmap(rows: list[dict], depths: list[float], lengths: list[int], paths: list[Path]) -> None:
@@ -279,7 +389,9 @@ def heatmap(rows: list[dict], depths: list[float], lengths: list[int], paths: li
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [row for row in rows if not row["method"].startswith("kvpress")]
+    panels = [
+        row for row in rows if not row["method"].startswith("kvpress") and "kvpress" not in row["method"]
+    ]
     keys = list(
         dict.fromkeys(
             (row["method"], row["budget"]) for row in sorted(panels, key=lambda r: r["budget"] or 0)
@@ -374,6 +486,7 @@ def main(argv: list[str] | None = None) -> None:
     haystack = lm.tokenizer(load_haystack(args.haystack), add_special_tokens=False)["input_ids"]
     rng = random.Random(args.seed)
     rows: list[dict] = []
+    failures: list[str] = []
     kvpress_needles: list[Needle] = []
     for length in args.lengths:
         needles = [
@@ -383,15 +496,18 @@ def main(argv: list[str] | None = None) -> None:
         runs = runs_for(args, length)
         if length == args.kvpress_length:
             kvpress_needles = needles
-        scores = score_length(lm, needles, runs, args)
-        timings = time_length(lm, needles, runs, args, {run: scores[run]["answers"] for run in runs})
+        scores, disagreements = score_length(lm, needles, runs, args)
+        failures += disagreements
         for method, budget in runs:
-            score, timing = scores[(method, budget)], timings[(method, budget)]
+            outcomes = scores[(method, budget)]
+            hits = [n.key in o.text for n, o in zip(needles, outcomes, strict=True)]
             by_depth = {}
             for depth in args.depths:
-                hits = [h for h, n in zip(score["hits"], needles, strict=True) if n.depth == depth]
-                if hits:
-                    by_depth[f"{depth:g}"] = sum(hits) / len(hits)
+                at_depth = [h for h, n in zip(hits, needles, strict=True) if n.depth == depth]
+                if at_depth:
+                    by_depth[f"{depth:g}"] = sum(at_depth) / len(at_depth)
+            timed = [o for o in outcomes if o.decode_ms is not None]
+            checked = [o.consistent for o in outcomes if o.consistent is not None]
             rows.append(
                 {
                     "method": method,
@@ -399,26 +515,43 @@ def main(argv: list[str] | None = None) -> None:
                     "length": length,
                     "prompt_tokens": round(statistics.mean(len(n.ids) for n in needles)),
                     "needles": len(needles),
-                    "accuracy": sum(score["hits"]) / len(needles),
-                    "kv_bytes": round(statistics.mean(score["bytes"])),
-                    "compress_ms": statistics.median(score["compress"]),
-                    "prefill_ms": statistics.median(timing["prefill"]) if timing["prefill"] else None,
-                    "decode_ms_per_token": statistics.median(timing["decode"]) if timing["decode"] else None,
-                    "consistent": timing["consistent"] if timing["prefill"] else None,
+                    "accuracy": sum(hits) / len(needles),
+                    "kv_bytes": round(statistics.mean(o.kv_bytes for o in outcomes)),
+                    "compress_ms": statistics.median(o.compress_ms for o in outcomes),
+                    "prefill_ms": statistics.median(o.prefill_ms for o in timed) if timed else None,
+                    "decode_ms_per_token": statistics.median(o.decode_ms for o in timed) if timed else None,
+                    "consistent": sum(checked) / len(checked) if checked else None,
                     "by_depth": by_depth,
                 }
             )
         print_table(f"needle @ {length} tokens", [r for r in rows if r["length"] == length], COLUMNS)
     model_dir = Path(args.model) if Path(args.model).is_dir() else cache_dir() / "models" / args.model
     kvpress_rows, kvpress = run_kvpress(args, kvpress_needles, model_dir) if kvpress_needles else ([], {})
-    rows += kvpress_rows
+    ours = same_inputs_as_kvpress(lm, kvpress_needles, args) if kvpress_rows else []
+    rows += kvpress_rows + ours
     print_table("needle retrieval under KV compression", rows, COLUMNS)
     print(f"kvpress: {kvpress}")
+    kvpress["agreement"] = agreement(ours, kvpress_rows)
+    if kvpress["agreement"]:
+        print_table("SnapKV: ours against kvpress on identical inputs", kvpress["agreement"], AGREEMENT)
     out = Path(args.out)
     images = [out / "needle_heatmap.png"] + ([Path(args.docs_img)] if args.docs_img else [])
     heatmap(rows, args.depths, args.lengths, images)
-    path = write_results("needle", rows, out_dir=out, config=vars(args), model=lm.revision, kvpress=kvpress)
+    path = write_results(
+        "needle",
+        rows,
+        out_dir=out,
+        config=vars(args),
+        model=lm.revision,
+        kvpress=kvpress,
+        cross_check=failures,
+    )
     print(f"wrote {path} and {out / 'needle_heatmap.png'}")
+    if failures:
+        raise SelfEvolveError(
+            f"the user path and the recorded path disagree on {len(failures)} answers or cache sizes "
+            f"(first: {failures[0]}); see cross_check in {path}"
+        )
 
 
 COLUMNS = [
@@ -427,10 +560,12 @@ COLUMNS = [
     "length",
     "accuracy",
     "kv_bytes",
+    "compress_ms",
     "prefill_ms",
     "decode_ms_per_token",
     "consistent",
 ]
+AGREEMENT = ["kernel", "budget", "ours", "kvpress", "same_answer"]
 
 if __name__ == "__main__":
     main()

@@ -105,6 +105,7 @@ class PrefillRecord:
     full_bytes: int  # keys and values the prompt would hold uncompressed
     kept_bytes: int  # keys and values held after the prefill
     compress_ms: float  # time spent choosing and gathering the kept positions, all layers
+    prefill_ms: float  # the whole prefill forward, compression included
 
     @property
     def ratio(self) -> float:
@@ -144,6 +145,7 @@ class _PromptState:
         self.prefill = False  # the forward under way is a prefill
         self.full_bytes = 0
         self.compress_seconds = 0.0
+        self.started = 0.0  # perf_counter at the start of the prefill
 
 
 def _watch_prompt(state: _PromptState, model, args: tuple, kwargs: dict):
@@ -154,7 +156,7 @@ def _watch_prompt(state: _PromptState, model, args: tuple, kwargs: dict):
     if cache is None or cache.get_seq_length() == 0:
         state.padding = mask.bool() if mask is not None and mask.ndim == 2 else None
         state.width, state.kept, state.prefill = width, None, True
-        state.full_bytes, state.compress_seconds = 0, 0.0
+        state.full_bytes, state.compress_seconds, state.started = 0, 0.0, time.perf_counter()
         return None
     aligned = mask is None or mask.ndim != 2 or mask.shape[1] == cache.get_seq_length() + width
     if state.kept is None or aligned:
@@ -274,6 +276,7 @@ class KVPolicy:
         """Model forward hook: record a finished prefill, and fail loudly when its cache did not shrink."""
         if not state.prefill:
             return
+        prefill_ms = 1000 * (time.perf_counter() - state.started)
         state.prefill = False
         cache = cache_in(kwargs)
         cache = cache_of(output) if cache is None else cache
@@ -297,6 +300,7 @@ class KVPolicy:
             full_bytes=state.full_bytes or kept_bytes,
             kept_bytes=kept_bytes,
             compress_ms=1000 * state.compress_seconds,
+            prefill_ms=prefill_ms,
         )
         report.prefills.append(record)
 
