@@ -39,7 +39,8 @@ def problems():
     return {p.task_id: p for p in load_humaneval()[:3]}
 
 
-# Yes / No
+# Yes / No: the prompts end "Final answer (Yes or No):" and "Answer (Yes or No only):", so the verdict is the
+# reply's first word, a labelled answer, or a last sentence of its own; the word elsewhere is no verdict.
 
 
 @pytest.mark.parametrize(
@@ -51,15 +52,18 @@ def problems():
         ("**Yes**", True),
         ('"Yes"', True),
         ("  yes, the code is correct", True),
+        ("No, it returns None for an empty list.", False),
+        ("Yes\n\nThe code handles every case.", True),
         ("Answer: yes", True),
         ("Final Answer (Yes or No): No", False),
+        ("Final answer: **No**", False),
         ("The analysis concludes the code is wrong.\nVerdict: NO", False),
-        ("The code snippet is correct. Yes", True),
-        ("Based on the analysis, no.", False),
-        ("Yes. Although there is no docstring, it works.", True),  # the first decisive token wins
+        ("The code snippet is correct. Yes", True),  # the last sentence is the verdict alone
+        ("The code misses the empty list.\n\nNo.", False),
+        ("Yes. Although there is no docstring, it works.", True),  # the "no" inside a sentence is no verdict
     ],
 )
-def test_yes_no_tolerates_case_punctuation_and_labels(text, expected):
+def test_yes_no_reads_the_verdict_the_prompt_asks_for(text, expected):
     assert parse_yes_no(text) is expected
 
 
@@ -71,16 +75,35 @@ def test_yes_no_tolerates_case_punctuation_and_labels(text, expected):
         "maybe",
         "Nope",  # no whole word yes/no
         "It is not clear.",
-        "The analysis found no bug, so yes",  # both words, none decisive
+        # the words inside a sentence are no verdict: the old fallback read this one as No, and counted it valid
+        "The code has no errors and handles all cases correctly.",
+        "No errors were found, so the code is correct.",  # a leading "No" that is not the answer
+        "Answer: No issues, the function works.",  # nor after a label
+        "Based on the analysis, no.",  # nor at the end of a longer sentence
+        "The analysis found no bug, so yes",
         "Answer: Yes\nAnswer: No",  # contradictory labels
+        "Yes. Final answer: No",  # first word and label disagree
         "eyes nose",
         "x" * 100_000,
         "Answer:" + " " * 100_000 + "maybe",  # would backtrack quadratically in a careless regex
+        "No" + " " * 100_000 + "x",
+        "\n" * 100_000 + "x",
     ],
 )
-def test_yes_no_rejects_absent_or_contradictory_answers(text):
+def test_yes_no_counts_everything_else_as_invalid(text):
     with pytest.raises(UnparseableOutput):
         parse_yes_no(text)
+
+
+def test_a_reply_with_no_in_a_sentence_is_an_invalid_verdict_not_a_no(problems):
+    # End to end through the vanilla judge: the sentence below used to score 0.0 (a valid "No").
+    reply = "The code has no errors and handles all cases correctly."
+    candidates = _candidates(problems)
+    results = judge(CannedBackend(lambda prompt: reply), problems, candidates, "vanilla", progress=False)
+    assert [(r.valid, r.score) for r in results] == [(False, None)] * 3
+    metrics = judge_metrics(results, candidates)
+    assert metrics["invalid_rate"] == 1.0 and metrics["accuracy"] is None
+    assert metrics["accuracy_invalid_as_wrong"] == 0.0
 
 
 # Rubric 0-4

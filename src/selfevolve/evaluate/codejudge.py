@@ -243,33 +243,36 @@ def rubric_prompt(
 
 # Parsers. Each returns the decoded value or raises UnparseableOutput with the reason.
 
+# A verdict word stands alone: "No, it fails" and "Yes." are verdicts, "No errors" and "Nope" are not.
+_ALONE = r"\b(?![^\S\n]*[^\W\d_])"
 _LABELLED_YES_NO = re.compile(
     # no two adjacent quantifiers may match the same characters: hostile runs of spaces must stay linear
     r"(?:final\s+answer|answer|verdict|conclusion|output|result)\s*(?:\([^)\n]{0,30}\)\s*)?[:=-]+"
-    r"[\s*_`\"'(\[]*(yes|no)\b",
+    r"[\s*_`\"'(\[]*(yes|no)" + _ALONE,
     re.IGNORECASE,
 )
-_LEADING_YES_NO = re.compile(r"[\s*_`\"'(\[#>.:-]*(yes|no)\b", re.IGNORECASE)
-_YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
+_LEADING_YES_NO = re.compile(r"[\s*_`\"'(\[#>.:-]*(yes|no)" + _ALONE, re.IGNORECASE)
+_MARKUP = " \t\n*_`\"'()[]#>-"
 
 
 def parse_yes_no(text: str) -> bool:
-    """True for Yes, False for No: an explicit "Answer: ..." label, else the first word, else the only one of
-    the two that occurs. Empty output, neither word, or both without a decisive one are unparseable."""
+    """True for Yes, False for No: the verdict the prompts ask for, standing alone as the reply's first word,
+    after an answer label ("Final answer: No"), or as the reply's last sentence ("... is correct. Yes").
+    Anything else is unparseable, even when it contains the word: "The code has no errors." is no verdict."""
     if not text.strip():
         raise UnparseableOutput("empty output")
-    labelled = {match.lower() for match in _LABELLED_YES_NO.findall(text)}
-    if len(labelled) == 1:
-        return labelled.pop() == "yes"
-    if len(labelled) > 1:
-        raise UnparseableOutput("contradictory labelled answers (both Yes and No)")
+    found = {match.lower() for match in _LABELLED_YES_NO.findall(text)}
     first = _LEADING_YES_NO.match(text)
     if first:
-        return first.group(1).lower() == "yes"
-    words = {word.lower() for word in _YES_NO.findall(text)}
-    if len(words) == 1:
-        return words.pop() == "yes"
-    raise UnparseableOutput("both Yes and No, neither decisive" if words else "no Yes or No in the output")
+        found.add(first.group(1).lower())
+    last = re.split(r"[.!?:;\n]", text.strip().rstrip(_MARKUP + ".!"))[-1].strip(_MARKUP).lower()
+    if last in ("yes", "no"):
+        found.add(last)
+    if len(found) > 1:
+        raise UnparseableOutput("contradictory answers (both Yes and No)")
+    if not found:
+        raise UnparseableOutput("no Yes or No verdict in the output")
+    return found.pop() == "yes"
 
 
 _RANGE_MENTION = re.compile(r"\(?\b0\s*(?:-|–|to)\s*4\b\)?")
