@@ -179,8 +179,10 @@ def test_full_finetuning_with_topk_and_regularizer_changes_every_trained_matrix(
     )
     inject(model, [DOC], config, items=ITEMS, regularizer_texts=["Paris is the capital of France."])
     after = weights(model)
-    changed = [n for n in before if not torch.equal(before[n], after[n])]
-    assert any("q_proj" in n for n in changed) and any("mlp" in n for n in changed)
+    assert set(after) == set(before)
+    # full fine-tuning trains every parameter (embeddings, every projection and bias, norms, the LM head)
+    unchanged = [n for n in before if torch.equal(before[n], after[n])]
+    assert unchanged == []
 
 
 def test_kl_training_lowers_the_kl():
@@ -488,5 +490,15 @@ def test_answering_and_perplexity_run_on_a_tiny_model(tiny_llama):
 
 
 def test_report_rows_are_json_serialisable():
-    result = score_answers([QAItem("d", "q?", ("a",))], ["a"])
-    json.dumps(result.rows)
+    result = score_answers([QAItem("d", "When?", ("1973",))], ["It was in 1973."])
+    # prediction tokens {it, was, in, 1973}, gold {1973}: precision 1/4, recall 1 -> F1 = 2·(1/4)/(5/4) = 0.4
+    expected = {
+        "doc_id": "d",
+        "question": "When?",
+        "answers": ["1973"],  # a list, not the item's tuple: JSON gives back what was stored
+        "prediction": "It was in 1973.",
+        "f1": pytest.approx(0.4),
+        "exact_match": 0.0,
+        "recall": 1.0,
+    }
+    assert json.loads(json.dumps(result.rows)) == result.rows == [expected]
