@@ -2,7 +2,7 @@
 
 Rows (one per method and setting): held-out QA-F1, exact match and answer recall (gold answer inside the
 reply), retention F1 (general questions the base model answered right), perplexity on held-out general text,
-training seconds and tokens/s. Settings:
+training seconds and tokens/s (for SELF-PARAM these include building the teacher cache). Settings:
 
 * ``single``: one document; base, in-context (upper bound), retrieval-augmented, LM fine-tuning on the raw
   document, SFT on the synthesized QA, SELF-PARAM. All trained methods share the synthesized items and the
@@ -10,7 +10,8 @@ training seconds and tokens/s. Settings:
 * ``batch``: all documents injected at once.
 * ``sequential``: the same documents in rounds; F1 on every earlier round's documents after each round.
 
-Also measured: the cost of one SELF-PARAM step against one SFT step on the same batches (interleaved).
+Also measured: the cost of one SELF-PARAM step (with the run's KL-to-base regularizer) against one SFT step on
+the same batches (interleaved).
 
     selfevolve bench inject [--model NAME] [--documents 10] [--rounds 5] [--epochs 8] [--batch-epochs 8]
         [--settings single,batch,sequential]   (a subset writes results/inject-SETTINGS.json)
@@ -38,9 +39,10 @@ from selfevolve.update.selfparam import (
     inject,
     inject_sequential,
     qa_examples,
+    text_examples,
 )
 from selfevolve.update.sft import CrossEntropyObjective, SFTConfig, finetune, sft_examples
-from selfevolve.update.training import TrainingConfig, _with_lora
+from selfevolve.update.training import TrainingConfig, TrainResult, _with_lora
 
 GENERAL_QUESTIONS = [
     ("What is the capital of France?", "Paris"),
@@ -106,13 +108,32 @@ class Scorer:
         return result
 
 
-def step_cost(model: LocalModel, items, documents, batch_size: int, repeats: int) -> dict:
-    """Median seconds of a SELF-PARAM and an SFT forward+backward on the same batches, interleaved (LoRA)."""
+def step_cost(
+    model: LocalModel,
+    items,
+    documents,
+    batch_size: int,
+    repeats: int,
+    *,
+    regularizer_texts: list[str],
+    regularizer_weight: float,
+) -> dict:
+    """Median seconds of a SELF-PARAM and an SFT forward+backward on the same batches, interleaved (LoRA).
+
+    The SELF-PARAM step is the one :func:`inject` trains with: KL to the cached teacher plus, when
+    ``regularizer_weight`` > 0, the KL-to-base regularizer on one unrelated text."""
     student = clone(model)
     student.model = _with_lora(student.model, TrainingConfig())
     student.model.train()
     examples = qa_examples(model, items, documents)
-    kl = DistillationObjective(examples, build_teacher_cache(model, examples))
+    regularizer = text_examples(model, regularizer_texts) if regularizer_weight > 0 else []
+    kl = DistillationObjective(
+        examples,
+        build_teacher_cache(model, examples),
+        regularizer=regularizer,
+        regularizer_cache=build_teacher_cache(model, regularizer),
+        regularizer_weight=regularizer_weight,
+    )
     ce, ce_examples = CrossEntropyObjective(), sft_examples(model, items)
     batches = [list(range(i, min(i + batch_size, len(items)))) for i in range(0, len(items), batch_size)]
     times = {"self-param": [], "sft": []}
@@ -132,6 +153,7 @@ def step_cost(model: LocalModel, items, documents, batch_size: int, repeats: int
         "self_param_step_s": kl_s,
         "sft_step_s": sft_s,
         "ratio": kl_s / sft_s,
+        "regularizer_weight": regularizer_weight,
         "steps_timed": len(times["sft"]),
     }
 
@@ -214,10 +236,11 @@ def main(argv: list[str] | None = None) -> None:
         "base_general_ppl": score.base_ppl,
     }
 
-    def add(setting: str, method: str, scores: dict, trained=None) -> None:
-        row = {"setting": setting, "method": method, **scores}
-        row["train_seconds"] = trained.seconds if trained is not None else 0.0
-        row["tokens_per_second"] = trained.tokens_per_second if trained is not None else 0.0
+    def add(setting: str, method: str, scores: dict, trained=None, teacher_seconds: float = 0.0) -> None:
+        """One row; a trained method's seconds are its whole cost: teacher cache (SELF-PARAM) plus training."""
+        row = {"setting": setting, "method": method, **scores, "teacher_seconds": teacher_seconds}
+        row["train_seconds"] = teacher_seconds + trained.seconds if trained is not None else 0.0
+        row["tokens_per_second"] = trained.tokens / row["train_seconds"] if trained is not None else 0.0
         rows.append(row)
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
 
@@ -244,8 +267,16 @@ def main(argv: list[str] | None = None) -> None:
             items=items,
             regularizer_texts=regularizer_texts,
         )
-        add("single", "self-param", score(model, single.test), result.train)
-        cost = step_cost(base, items, single.documents, train_config.batch_size, repeats=1)
+        add("single", "self-param", score(model, single.test), result.train, result.teacher_seconds)
+        cost = step_cost(
+            base,
+            items,
+            single.documents,
+            train_config.batch_size,
+            repeats=1,
+            regularizer_texts=regularizer_texts,
+            regularizer_weight=args.regularizer_weight,
+        )
         print(f"step cost: {cost}", flush=True)
         by_method = {r["method"]: r for r in rows if r["setting"] == "single"}
         summary |= {
@@ -267,17 +298,15 @@ def main(argv: list[str] | None = None) -> None:
             items=all_items,
             regularizer_texts=regularizer_texts,
         )
-        add("batch", "self-param", score(model, knowledge.test), result.train)
+        add("batch", "self-param", score(model, knowledge.test), result.train, result.teacher_seconds)
 
     curve: list[dict] = []
     if "sequential" in settings:
         model = clone(base)
         groups: list[list[str]] = []
-        seconds = [0.0]
 
         def after_round(index, seen, result) -> None:
             groups.append(result.documents)
-            seconds[0] += result.train.seconds
             point = {"round": index}
             for k, group in enumerate(groups):
                 point[f"round{k}_f1"] = score(model, knowledge.subset(group).test, general=False)["qa_f1"]
@@ -293,18 +322,15 @@ def main(argv: list[str] | None = None) -> None:
             regularizer_texts=regularizer_texts,
             after_round=after_round,
         )
-        tokens = sum(r.train.tokens for r in results)
-        row = {
-            **score(model, knowledge.test),
-            "train_seconds": seconds[0],
-            "tokens_per_second": tokens / seconds[0],
-        }
-        rows.append({"setting": "sequential", "method": "self-param", **row})
-        print(rows[-1], flush=True)
+        total = TrainResult(
+            tokens=sum(r.train.tokens for r in results), seconds=sum(r.train.seconds for r in results)
+        )
+        teacher = sum(r.teacher_seconds for r in results)
+        add("sequential", "self-param", score(model, knowledge.test), total, teacher)
 
     columns = ["setting", "method", "qa_f1", "exact_match", "answer_recall", "retention_f1", "general_ppl"]
     title = f"inject: {base.revision}, {len(written)} fictional document(s)"
-    print_table(title, rows, [*columns, "train_seconds", "tokens_per_second"])
+    print_table(title, rows, [*columns, "teacher_seconds", "train_seconds", "tokens_per_second"])
     print(f"summary: {summary}")
     if curve:
         print_table(
