@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
             items,
             single.documents,
             train_config.batch_size,
-            repeats=1,
+            repeats=3,
             regularizer_texts=regularizer_texts,
             regularizer_weight=args.regularizer_weight,
         )
