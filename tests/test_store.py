@@ -18,7 +18,16 @@ from pathlib import Path
 import pytest
 
 from selfevolve.errors import SelfEvolveError
-from selfevolve.store import SCHEMA_VERSION, Experience, ExperienceStore
+from selfevolve.store import (
+    _MIGRATIONS,
+    SCHEMA_VERSION,
+    Decision,
+    DecisionRow,
+    Experience,
+    ExperienceStore,
+    Score,
+    ScoreRow,
+)
 
 INJECTION = "x'; DROP TABLE experiences; --"
 
@@ -171,7 +180,13 @@ def test_schema_and_connection_settings(tmp_path: Path) -> None:
     assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     indexes = {row[0] for row in raw.execute("SELECT sql FROM sqlite_master WHERE type = 'index'") if row[0]}
-    assert {i.split("(")[1].strip(") ") for i in indexes} == {"run_id", "method", "phase"}
+    assert {i.split("(")[1].strip(") ") for i in indexes} == {
+        "run_id",
+        "method",
+        "phase",
+        "run_id, iteration",
+        "parent_id",
+    }
     raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     raw.commit()
     raw.close()
@@ -433,3 +448,179 @@ def test_killed_writer_leaves_database_intact(tmp_path: Path) -> None:
         reopened.add(make(run, 1))
         reopened.add_many([make(run, i) for i in range(5)])
         assert len(reopened) == before + 6
+
+
+# Loop provenance: steps, decisions, scores, iterations.
+
+PROVENANCE = """
+SELECT e.id, e.step, e.response, t.step AS trained_by, d.step AS dropped_by, d.reason
+FROM experiences e
+LEFT JOIN decisions t ON t.experience_id = e.id AND t.phase = 'update' AND t.kept
+LEFT JOIN decisions d ON d.experience_id = e.id AND NOT d.kept
+WHERE e.run_id = :run AND e.iteration = :iteration AND e.phase = 'acquire' AND e.parent_id IS NOT NULL
+ORDER BY e.id
+"""
+
+
+def _iteration(store: ExperienceStore, run: str, iteration: int) -> list[int]:
+    """One loop iteration: a document, four QA pairs from it, a filter, an update on the kept ones, a score."""
+    (doc,) = store.record_step(
+        run, iteration, "acquire", "documents", experiences=[make(run, task="document", response="Ada ...")]
+    )
+    qa = store.record_step(
+        run,
+        iteration,
+        "acquire",
+        "synthesize_qa",
+        experiences=[make(run, i, task="qa", parent_id=doc) for i in range(4)],
+    )
+    store.record_step(
+        run,
+        iteration,
+        "refine",
+        "grounding_filter",
+        decisions=[
+            Decision(qa[0], True, "supported"),
+            Decision(qa[1], False, "support below 0.6"),
+            Decision(qa[2], False, "duplicate"),
+            Decision(qa[3], True, "supported"),
+        ],
+    )
+    store.record_step(
+        run,
+        iteration,
+        "update",
+        "selfparam",
+        decisions=[Decision(qa[0], True, "trained on"), Decision(qa[3], True, "trained on")],
+        result={"losses": [2.0, 1.5]},
+        model_revision=f"m+i{iteration}",
+    )
+    store.record_step(
+        run, iteration, "evaluate", "heldout_qa", scores=[Score("f1", 0.25 * iteration, f"m+i{iteration}")]
+    )
+    return qa
+
+
+def test_one_query_says_what_trained_an_iteration_and_what_dropped_the_rest(tmp_path: Path) -> None:
+    with ExperienceStore(tmp_path / "store.db") as store:
+        run = store.start_run("loop")
+        _iteration(store, run, 1)
+        qa = _iteration(store, run, 2)
+    raw = sqlite3.connect(tmp_path / "store.db")
+    rows = raw.execute(PROVENANCE, {"run": run, "iteration": 2}).fetchall()
+    assert rows == [
+        (qa[0], "synthesize_qa", "answer 0", "selfparam", None, None),
+        (qa[1], "synthesize_qa", "answer 1", None, "grounding_filter", "support below 0.6"),
+        (qa[2], "synthesize_qa", "answer 2", None, "grounding_filter", "duplicate"),
+        (qa[3], "synthesize_qa", "answer 3", "selfparam", None, None),
+    ]
+    # iteration 1 stored ids 1-5 (a document, four pairs), iteration 2's document took 6
+    assert qa == [7, 8, 9, 10]
+    raw.close()
+
+
+def test_record_step_writes_once_and_all_or_nothing(store: ExperienceStore) -> None:
+    run = store.start_run("loop")
+    ids = store.record_step(
+        run,
+        0,
+        "evaluate",
+        "heldout_qa",
+        experiences=[make(run, 1, phase="acquire"), make("ignored", 2, iteration=7, step="x")],
+        scores=[Score("f1", 0.5, "rev0"), Score("recall", 1)],
+        result={"seconds": 1.5},
+        model_revision="rev0",
+    )
+    stored = store.query(run_id=run)
+    assert [(e.id, e.run_id, e.iteration, e.phase, e.step) for e in stored] == [
+        (ids[0], run, 0, "evaluate", "heldout_qa"),
+        (ids[1], run, 0, "evaluate", "heldout_qa"),
+    ]  # a step's rows carry its run, iteration, phase and step, whatever the caller set
+    again = store.record_step(run, 0, "evaluate", "heldout_qa", experiences=[make(run, 3)])
+    assert again == ids and len(store) == 2  # re-running a recorded step adds nothing
+    assert store.scores(run) == [
+        ScoreRow("f1", 0.5, "rev0", run, 0, "evaluate", "heldout_qa"),
+        ScoreRow("recall", 1.0, None, run, 0, "evaluate", "heldout_qa"),
+    ]
+    record = store.step_record(run, 0, "evaluate", "heldout_qa")
+    assert (record.result, record.model_revision) == ({"seconds": 1.5}, "rev0")
+    assert store.step_record(run, 1, "evaluate", "heldout_qa") is None
+
+    bad = [
+        (dict(decisions=[Decision(999, False, "x")]), "not stored"),
+        (dict(decisions=[Decision(ids[0], False, "x"), Decision(ids[0], True, "y")]), "decides one twice"),
+        (dict(decisions=[Decision(ids[0], "no", "x")]), "True or False"),
+        (dict(scores=[Score("f1", 1.0), Score("f1", 2.0)]), "scored twice"),
+        (dict(scores=[Score("f1", float("nan"))]), "finite"),
+        (dict(experiences=[make(run, parent_id=999)]), "parent_id 999"),
+    ]
+    for kwargs, match in bad:
+        with pytest.raises(SelfEvolveError, match=match):
+            store.record_step(run, 1, "refine", "filter", **{"experiences": [make(run, 9)], **kwargs})
+        assert store.step_record(run, 1, "refine", "filter") is None and len(store) == 2  # nothing written
+    with pytest.raises(SelfEvolveError, match="does not exist"):
+        store.record_step("nope", 0, "acquire", "documents")
+    with pytest.raises(SelfEvolveError, match="phase"):
+        store.record_step(run, 0, "train", "documents")
+
+    store.record_step(run, 1, "refine", "filter", decisions=[Decision(ids[1], False, "duplicate")])
+    assert store.decisions(run) == [DecisionRow(ids[1], False, "duplicate", run, 1, "refine", "filter")]
+    assert store.decisions(run, iteration=0) == [] and store.decisions(run, step="filter") != []
+    assert [(r.iteration, r.step) for r in store.step_records(run)] == [(0, "heldout_qa"), (1, "filter")]
+    assert [e.id for e in store.query(iteration=0, step="heldout_qa")] == ids
+
+
+def test_iterations_are_recorded_once(store: ExperienceStore) -> None:
+    run = store.start_run("loop")
+    assert store.record_iteration(run, 0, accepted=True, reason="base", best_iteration=0, result={"f1": 0.1})
+    assert store.record_iteration(
+        run, 1, accepted=False, reason="retention.perplexity rose 30%", best_iteration=0, model_revision="m1"
+    )
+    assert not store.record_iteration(run, 1, accepted=True, reason="again", best_iteration=1)
+    records = store.iterations(run)
+    assert [(r.iteration, r.accepted, r.reason, r.best_iteration, r.result) for r in records] == [
+        (0, True, "base", 0, {"f1": 0.1}),
+        (1, False, "retention.perplexity rose 30%", 0, {}),
+    ]
+
+
+def test_old_store_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    raw = sqlite3.connect(path)
+    for statement in _MIGRATIONS[0]:
+        raw.execute(statement)
+    raw.execute("PRAGMA user_version = 1")
+    raw.execute("INSERT INTO runs VALUES ('old', 'old run', '{}', 'finished', '2026-01-01', NULL, '{}')")
+    raw.execute(
+        "INSERT INTO experiences (run_id, task, prompt, response, feedback, phase, created_at, metadata)"
+        " VALUES ('old', 't', 'p', 'r', 'null', 'acquire', '2026-01-01T00:00:00.000000+00:00', '{}')"
+    )
+    raw.commit()
+    raw.close()
+    with ExperienceStore(path) as store:
+        (old,) = store.query()
+        assert (old.id, old.prompt, old.iteration, old.step, old.parent_id) == (1, "p", None, None, None)
+        (child,) = store.record_step(
+            "old", 1, "acquire", "synthesize_qa", experiences=[make("old", parent_id=1)]
+        )
+        assert store.query(step="synthesize_qa")[0].parent_id == 1 and child == 2
+    raw = sqlite3.connect(path)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    raw.close()
+
+
+def test_import_follows_parents_inside_the_file(store: ExperienceStore, tmp_path: Path) -> None:
+    run = store.start_run("r")
+    (doc,) = store.add_many([make(run, 0, task="document")])
+    child = store.add(make(run, 1, parent_id=doc, iteration=1, step="synthesize_qa"))
+    store.export_jsonl(tmp_path / "all.jsonl")
+    store.export_jsonl(tmp_path / "children.jsonl", task="gsm8k")
+    with ExperienceStore(tmp_path / "copy.db") as copy:
+        copy.start_run("padding")
+        copy.add(make(copy.runs()[0].id, 9))  # shifts the ids: parents must be renumbered
+        copy.import_jsonl(tmp_path / "all.jsonl")
+        imported = copy.query(run_id=run)
+        assert imported[1].parent_id == imported[0].id != doc and imported[1].step == "synthesize_qa"
+        copy.import_jsonl(tmp_path / "children.jsonl", run_id=run)
+        assert copy.query(run_id=run)[-1].parent_id is None  # its parent was not in the file
+    assert child == doc + 1

@@ -4,6 +4,11 @@ An :class:`ExperienceStore` is one SQLite file in WAL mode (stdlib ``sqlite3``, 
 ``BEGIN IMMEDIATE`` transaction that waits up to :data:`BUSY_TIMEOUT_S` for other writers, so several
 processes can share a file, and a process killed mid-write loses only its unfinished transaction. One store
 object may be used from several threads: a lock serialises its single connection.
+
+Provenance for the loop: an experience records the iteration and step that made it and the experience it came
+from (``parent_id``); refine decisions (kept or dropped, and why) and evaluation scores are rows of their own.
+:meth:`ExperienceStore.record_step` writes a step's rows together with a "step done" marker in one
+transaction, so a step re-run after a crash can never duplicate them.
 """
 
 from __future__ import annotations
@@ -51,6 +56,36 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX experiences_run_id ON experiences (run_id)",
         "CREATE INDEX experiences_method ON experiences (method)",
         "CREATE INDEX experiences_phase ON experiences (phase)",
+    ),
+    (  # provenance for the loop: iteration, step and parent of an experience; decisions; scores; step markers
+        "ALTER TABLE experiences ADD COLUMN iteration INTEGER",
+        "ALTER TABLE experiences ADD COLUMN step TEXT",
+        "ALTER TABLE experiences ADD COLUMN parent_id INTEGER REFERENCES experiences (id)",
+        "CREATE INDEX experiences_iteration ON experiences (run_id, iteration)",
+        "CREATE INDEX experiences_parent_id ON experiences (parent_id)",
+        f"""CREATE TABLE steps (
+            run_id TEXT NOT NULL REFERENCES runs (id), iteration INTEGER NOT NULL,
+            phase TEXT NOT NULL CHECK (phase IN {PHASES}), step TEXT NOT NULL, model_revision TEXT,
+            result TEXT NOT NULL, finished_at TEXT NOT NULL, PRIMARY KEY (run_id, iteration, phase, step))""",
+        f"""CREATE TABLE decisions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            experience_id INTEGER NOT NULL REFERENCES experiences (id), run_id TEXT NOT NULL,
+            iteration INTEGER NOT NULL, phase TEXT NOT NULL CHECK (phase IN {PHASES}), step TEXT NOT NULL,
+            kept INTEGER NOT NULL CHECK (kept IN (0, 1)), reason TEXT NOT NULL,
+            UNIQUE (experience_id, iteration, phase, step),
+            FOREIGN KEY (run_id, iteration, phase, step) REFERENCES steps (run_id, iteration, phase, step))""",
+        "CREATE INDEX decisions_run ON decisions (run_id, iteration)",
+        f"""CREATE TABLE scores (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, iteration INTEGER NOT NULL,
+            phase TEXT NOT NULL CHECK (phase IN {PHASES}), step TEXT NOT NULL, metric TEXT NOT NULL,
+            value REAL NOT NULL, model_revision TEXT,
+            UNIQUE (run_id, iteration, phase, step, metric),
+            FOREIGN KEY (run_id, iteration, phase, step) REFERENCES steps (run_id, iteration, phase, step))""",
+        """CREATE TABLE iterations (
+            run_id TEXT NOT NULL REFERENCES runs (id), iteration INTEGER NOT NULL,
+            accepted INTEGER NOT NULL CHECK (accepted IN (0, 1)), reason TEXT NOT NULL,
+            model_revision TEXT, best_iteration INTEGER NOT NULL, result TEXT NOT NULL,
+            finished_at TEXT NOT NULL, PRIMARY KEY (run_id, iteration))""",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -140,12 +175,89 @@ class Experience:
     method: str | None = None  # the algorithm that produced it, e.g. "self-refine"
     model_revision: str | None = None  # which weights answered: a checkpoint name or hash
     metadata: dict[str, Any] = field(default_factory=dict)  # free-form JSON object
+    iteration: int | None = None  # the loop iteration that produced it (None outside the loop)
+    step: str | None = None  # the loop step that produced it, e.g. "synthesize_qa"
+    parent_id: int | None = None  # the stored experience it came from (a QA pair's document, a fix's mutant)
     id: int | None = None  # set by the store; ignored when adding
     created_at: str | None = None  # UTC ISO-8601; the store fills it in when None
 
 
+@dataclass(frozen=True)
+class Decision:
+    """A refine (or update) step's verdict on one experience: kept or dropped, and why."""
+
+    experience_id: int
+    kept: bool
+    reason: (
+        str  # a short category ("support below 0.6", "duplicate", "trained on"), so reasons can be counted
+    )
+
+
+@dataclass(frozen=True)
+class Score:
+    """One evaluation metric of one step, e.g. ("f1", 0.42), with the model revision it measured."""
+
+    metric: str
+    value: float
+    model_revision: str | None = None
+
+
+@dataclass
+class StepRecord:
+    """A finished loop step: where it ran, the revision of the model it ended with, its result summary."""
+
+    run_id: str
+    iteration: int
+    phase: str
+    step: str
+    model_revision: str | None
+    result: dict[str, Any]
+    finished_at: str
+
+
+@dataclass(frozen=True)
+class DecisionRow:
+    """A stored decision, with the run, iteration, phase and step that made it."""
+
+    experience_id: int
+    kept: bool
+    reason: str
+    run_id: str
+    iteration: int
+    phase: str
+    step: str
+
+
+@dataclass(frozen=True)
+class ScoreRow:
+    """A stored score, with the run, iteration, phase and step that measured it."""
+
+    metric: str
+    value: float
+    model_revision: str | None
+    run_id: str
+    iteration: int
+    phase: str
+    step: str
+
+
+@dataclass
+class IterationRecord:
+    """The end of one loop iteration: was its update accepted (and why), and which iteration is best so far."""
+
+    run_id: str
+    iteration: int
+    accepted: bool
+    reason: str
+    model_revision: str | None
+    best_iteration: int
+    result: dict[str, Any]
+    finished_at: str
+
+
 # The experience columns after ``id``, in the order _row() returns them.
 _COLUMNS = [f.name for f in dataclasses.fields(Experience) if f.name != "id"]
+_PARENT = _COLUMNS.index("parent_id")
 _INSERT = f"INSERT INTO experiences ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 
 
@@ -160,6 +272,8 @@ class Filters(TypedDict, total=False):
     max_score: float
     model_revision: str
     since: datetime | str  # inclusive; a naive datetime is taken as UTC
+    iteration: int
+    step: str
 
 
 _FILTER_SQL = {
@@ -171,6 +285,8 @@ _FILTER_SQL = {
     "min_score": "score >= ?",
     "max_score": "score <= ?",
     "since": "created_at >= ?",
+    "iteration": "iteration = ?",
+    "step": "step = ?",
 }
 
 
@@ -212,6 +328,13 @@ def _number(value: Any, what: str) -> float:
     return float(value)
 
 
+def _count(value: Any, what: str) -> int | None:
+    """A non-negative int, or None."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise SelfEvolveError(f"{what} must be a non-negative int or None, got {value!r}")
+    return value
+
+
 def _text(value: Any, what: str, *, optional: bool = False) -> str | None:
     if not isinstance(value, str) and not (optional and value is None):
         raise SelfEvolveError(f"{what} must be a string, got {type(value).__name__}; convert it with str()")
@@ -235,17 +358,56 @@ def _row(exp: Experience) -> tuple[Any, ...]:
         _text(exp.method, "method", optional=True),
         _text(exp.model_revision, "model_revision", optional=True),
         _object(exp.metadata, "metadata"),
+        _count(exp.iteration, "iteration"),
+        _text(exp.step, "step", optional=True),
+        _count(exp.parent_id, "parent_id"),
         _now() if exp.created_at is None else _utc_iso(exp.created_at, "created_at"),
     )
 
 
-def _from_row(cls: type[Experience] | type[Run], row: sqlite3.Row) -> Any:
-    """An Experience or Run from a ``SELECT *`` row, decoding its JSON columns."""
+def _from_row(cls: type, row: sqlite3.Row) -> Any:
+    """An Experience, Run or StepRecord from a ``SELECT *`` row, decoding its JSON columns."""
     values = dict(row)
-    for name in ("feedback", "config", "metadata"):
+    for name in ("feedback", "config", "metadata", "result"):
         if name in values:
             values[name] = json.loads(values[name])
     return cls(**values)
+
+
+_STEP_KEY = "run_id = ? AND iteration = ? AND phase = ? AND step = ?"
+
+
+def _decision(decision: Decision) -> tuple[int, int, str]:
+    if not isinstance(decision, Decision):
+        raise SelfEvolveError(f"expected a Decision, got {type(decision).__name__}; wrap it in Decision(...)")
+    if not isinstance(decision.kept, bool):
+        raise SelfEvolveError(f"Decision.kept must be True or False, got {decision.kept!r}")
+    return (
+        _count(decision.experience_id, "experience_id"),
+        int(decision.kept),
+        _text(decision.reason, "reason"),
+    )
+
+
+def _score(score: Score) -> tuple[str, float, str | None]:
+    if not isinstance(score, Score):
+        raise SelfEvolveError(f"expected a Score, got {type(score).__name__}; wrap it in Score(...)")
+    return (
+        _text(score.metric, "metric"),
+        _number(score.value, f"score {score.metric}"),
+        _text(score.model_revision, "model_revision", optional=True),
+    )
+
+
+def _loop_where(run_id: str, iteration: int | None, step: str | None) -> tuple[str, list[Any]]:
+    clauses, params = ["run_id = ?"], [run_id]
+    if iteration is not None:
+        clauses.append("iteration = ?")
+        params.append(_count(iteration, "iteration"))
+    if step is not None:
+        clauses.append("step = ?")
+        params.append(step)
+    return " WHERE " + " AND ".join(clauses), params
 
 
 def _where(filters: Filters) -> tuple[str, list[Any]]:
@@ -262,6 +424,8 @@ def _where(filters: Filters) -> tuple[str, list[Any]]:
             value = _number(value, name)
         elif name == "since":
             value = _utc_iso(value, name)
+        elif name == "iteration":
+            value = _count(value, name)
         clauses.append(_FILTER_SQL[name])
         params.append(value)
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
@@ -434,8 +598,13 @@ class ExperienceStore:
             return self._insert(conn, rows)
 
     @staticmethod
-    def _insert(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[int]:
+    def _insert(
+        conn: sqlite3.Connection, rows: list[tuple[Any, ...]], old_ids: list[int | None] | None = None
+    ) -> list[int]:
+        """Insert rows; with ``old_ids`` (an import), parents are renumbered to the ids given in this call and
+        parents outside it become None."""
         known: set[str] = set()
+        renumbered: dict[int, int] = {}
         ids = []
         for index, row in enumerate(rows):
             if row[0] not in known:
@@ -444,7 +613,17 @@ class ExperienceStore:
                         f"experience #{index}: run {row[0]!r} does not exist; start_run() it first"
                     )
                 known.add(row[0])
-            ids.append(conn.execute(_INSERT, row).lastrowid)
+            if old_ids is not None:
+                row = (*row[:_PARENT], renumbered.get(row[_PARENT]), *row[_PARENT + 1 :])
+            try:
+                ids.append(conn.execute(_INSERT, row).lastrowid)
+            except sqlite3.IntegrityError:
+                raise SelfEvolveError(
+                    f"experience #{index}: parent_id {row[_PARENT]} is not a stored experience; "
+                    "pass the id add() returned for it"
+                ) from None
+            if old_ids is not None and old_ids[index] is not None:
+                renumbered[old_ids[index]] = ids[-1]
         return ids
 
     def query(
@@ -462,6 +641,145 @@ class ExperienceStore:
 
     def __len__(self) -> int:
         return self.count()
+
+    # Loop provenance: steps, decisions, scores, iterations
+
+    def record_step(
+        self,
+        run_id: str,
+        iteration: int,
+        phase: str,
+        step: str,
+        *,
+        experiences: Iterable[Experience] = (),
+        decisions: Iterable[Decision] = (),
+        scores: Iterable[Score] = (),
+        result: dict[str, Any] | None = None,
+        model_revision: str | None = None,
+    ) -> list[int]:
+        """Write a finished loop step: its experiences (tagged with run, iteration, phase and step), decisions,
+        scores and a "done" marker, in one transaction; return the new experience ids.
+
+        A step already recorded writes nothing and returns the ids it stored then, so a step re-run after a
+        crash cannot duplicate rows."""
+        key = (_text(run_id, "run_id"), _count(iteration, "iteration"), phase, _text(step, "step"))
+        if phase not in PHASES:
+            raise SelfEvolveError(f"phase {phase!r} is unknown; use one of {', '.join(PHASES)}")
+        rows = []
+        for index, experience in enumerate(experiences):
+            try:
+                tagged = dataclasses.replace(
+                    experience, run_id=run_id, iteration=iteration, phase=phase, step=step
+                )
+                rows.append(_row(tagged))
+            except (SelfEvolveError, TypeError) as exc:
+                raise SelfEvolveError(f"experience #{index} of step {step}: {exc}") from None
+        verdicts = [_decision(d) for d in decisions]
+        values = [_score(s) for s in scores]
+        result_json, revision = (
+            _object(result, "result"),
+            _text(model_revision, "model_revision", optional=True),
+        )
+        with self._write() as conn:
+            if not conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone():
+                raise SelfEvolveError(f"run {run_id!r} does not exist; start_run() it first")
+            if conn.execute(f"SELECT 1 FROM steps WHERE {_STEP_KEY}", key).fetchone():
+                found = conn.execute(f"SELECT id FROM experiences WHERE {_STEP_KEY} ORDER BY id", key)
+                return [row[0] for row in found]
+            conn.execute(
+                "INSERT INTO steps (run_id, iteration, phase, step, model_revision, result, finished_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (*key, revision, result_json, _now()),
+            )
+            ids = self._insert(conn, rows)
+            try:
+                conn.executemany(
+                    "INSERT INTO decisions (experience_id, kept, reason, run_id, iteration, phase, step)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(*verdict, *key) for verdict in verdicts],
+                )
+            except sqlite3.IntegrityError as exc:
+                raise SelfEvolveError(
+                    f"step {step}: a decision names an experience that is not stored or decides one twice "
+                    f"({exc}); decide each stored experience once"
+                ) from None
+            try:
+                conn.executemany(
+                    "INSERT INTO scores (metric, value, model_revision, run_id, iteration, phase, step)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(*value, *key) for value in values],
+                )
+            except sqlite3.IntegrityError:
+                raise SelfEvolveError(
+                    f"step {step}: a metric is scored twice; give each metric one value"
+                ) from None
+            return ids
+
+    def step_record(self, run_id: str, iteration: int, phase: str, step: str) -> StepRecord | None:
+        """The "done" marker of a loop step, or None when the step has not finished."""
+        with self._read(f"SELECT * FROM steps WHERE {_STEP_KEY}", (run_id, iteration, phase, step)) as cursor:
+            row = cursor.fetchone()
+        return None if row is None else _from_row(StepRecord, row)
+
+    def step_records(self, run_id: str) -> list[StepRecord]:
+        """Every finished step of a run, in the order they finished."""
+        with self._read("SELECT * FROM steps WHERE run_id = ? ORDER BY rowid", (run_id,)) as cursor:
+            return [_from_row(StepRecord, row) for row in cursor]
+
+    def decisions(
+        self, run_id: str, *, iteration: int | None = None, step: str | None = None
+    ) -> list[DecisionRow]:
+        """Decisions of a run (optionally of one iteration or step), in the order they were made."""
+        where, params = _loop_where(run_id, iteration, step)
+        sql = f"SELECT experience_id, kept, reason, run_id, iteration, phase, step FROM decisions{where} ORDER BY id"
+        with self._read(sql, params) as cursor:
+            return [DecisionRow(**{**dict(row), "kept": bool(row["kept"])}) for row in cursor]
+
+    def scores(self, run_id: str, *, iteration: int | None = None, step: str | None = None) -> list[ScoreRow]:
+        """Scores of a run (optionally of one iteration or step), in the order they were measured."""
+        where, params = _loop_where(run_id, iteration, step)
+        sql = f"SELECT metric, value, model_revision, run_id, iteration, phase, step FROM scores{where} ORDER BY id"
+        with self._read(sql, params) as cursor:
+            return [ScoreRow(**dict(row)) for row in cursor]
+
+    def record_iteration(
+        self,
+        run_id: str,
+        iteration: int,
+        *,
+        accepted: bool,
+        reason: str,
+        best_iteration: int,
+        model_revision: str | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> bool:
+        """Record the end of a loop iteration (accepted or rolled back, and why); False if already recorded."""
+        values = (
+            _text(run_id, "run_id"),
+            _count(iteration, "iteration"),
+            int(bool(accepted)),
+            _text(reason, "reason"),
+            _text(model_revision, "model_revision", optional=True),
+            _count(best_iteration, "best_iteration"),
+            _object(result, "result"),
+            _now(),
+        )
+        with self._write() as conn:
+            sql = (
+                "INSERT OR IGNORE INTO iterations (run_id, iteration, accepted, reason, model_revision,"
+                " best_iteration, result, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            )
+            return conn.execute(sql, values).rowcount == 1
+
+    def iterations(self, run_id: str) -> list[IterationRecord]:
+        """The recorded ends of a run's iterations, in order."""
+        with self._read("SELECT * FROM iterations WHERE run_id = ? ORDER BY iteration", (run_id,)) as cursor:
+            return [
+                IterationRecord(
+                    **{**dict(row), "accepted": bool(row["accepted"]), "result": json.loads(row["result"])}
+                )
+                for row in cursor
+            ]
 
     # Import and export
 
@@ -493,20 +811,21 @@ class ExperienceStore:
         """Add the experiences of a JSONL file (as :meth:`export_jsonl` writes it), all or nothing.
 
         With ``run_id`` every line goes to that run; without it each line keeps its own ``run_id``, and runs
-        this store lacks are created (status ``finished``). Ids are reassigned. Returns the number added.
+        this store lacks are created (status ``finished``). Ids are reassigned; a ``parent_id`` pointing to
+        an earlier line follows it, one pointing outside the file becomes None. Returns the number added.
         """
         fields = dataclasses.fields(Experience)
         allowed = {f.name for f in fields}
         required = {f.name for f in fields if f.default is f.default_factory is dataclasses.MISSING}
         required -= {"run_id"} if run_id is not None else set()
-        rows = []
+        rows, old_ids = [], []
         for number, record in read_jsonl(path):
             where = f"{path} line {number}"
             if not required <= record.keys() <= allowed:
                 raise SelfEvolveError(
                     f"{where}: not an experience; it needs keys {sorted(required)}, allows {sorted(allowed)}"
                 )
-            record.pop("id", None)
+            old_ids.append(record.pop("id", None))
             if run_id is not None:
                 record["run_id"] = run_id
             try:
@@ -522,7 +841,7 @@ class ExperienceStore:
                 now, source = _now(), json.dumps({"imported_from": str(path.resolve())})
                 for missing in sorted({row[0] for row in rows}):
                     conn.execute(sql, (missing, f"imported from {path.name}", now, now, source))
-            return len(self._insert(conn, rows))
+            return len(self._insert(conn, rows, old_ids))
 
     def to_dataset(
         self, *, limit: int | None = None, order: str = "id", **filters: Unpack[Filters]
@@ -536,6 +855,7 @@ class ExperienceStore:
         value = datasets.Value
         features = datasets.Features({"id": value("int64"), **{c: value("string") for c in _COLUMNS}})
         features["score"] = value("float64")
+        features["iteration"] = features["parent_id"] = value("int64")
         columns: dict[str, list[Any]] = {name: [] for name in features}
         for exp in self.query(limit=limit, order=order, **filters):
             for name, item in dataclasses.asdict(exp).items():
