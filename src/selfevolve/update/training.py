@@ -1,19 +1,26 @@
-"""The training loop every update method shares: accelerate, optional LoRA (merged at the end), checkpoints.
+"""The training every update method shares: accelerate, optional LoRA (merged at the end), checkpoints.
 
-A method supplies its examples and a *step loss* (a function from the student and a batch to a scalar loss and
-its token count); :func:`train` does the rest. The data order of each epoch comes from ``seed`` and the epoch
-number alone, so a run resumed from a checkpoint replays exactly the steps it had not taken yet.
+Two layers. :func:`trainable` is the one protocol every recipe uses: a context manager that makes a model
+trainable (LoRA adapters or every weight, optimizer, schedule, accelerate), hands out a
+:class:`TrainingSession` whose :meth:`~TrainingSession.step` applies one loss, and on exit either finishes the
+model (adapters merged, eval mode) or, on an exception, puts it back as it was (adapters removed, flags and
+mode restored). :func:`train` is the supervised recipe on top: a method supplies its examples and a *step loss*
+(a function from the student and a batch to a scalar loss and its token count). A recipe that does not fit a
+per-batch loss (PPO: rollouts, several epochs per batch, value heads) drives a session itself.
 
-Runs as-is on one CPU or GPU; ``accelerate launch`` spreads each global batch over the processes.
+The data order of each epoch comes from ``seed`` and the epoch number alone, so a run resumed from a
+checkpoint replays exactly the steps it had not taken yet. Runs as-is on one CPU or GPU; ``accelerate launch``
+spreads each global batch over the processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -119,22 +126,104 @@ def _with_lora(module, config: TrainingConfig):
             ) from err
 
 
-def _save_checkpoint(accelerator, folder: Path, step: int, total_steps: int) -> None:
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(folder))
-    if accelerator.is_main_process:
-        (folder / "progress.json").write_text(json.dumps({"step": step, "total_steps": total_steps}))
+class TrainingSession:
+    """One model made trainable: ``student`` (a LocalModel over the prepared module), its optimizer and schedule."""
 
+    def __init__(self, model: LocalModel, config: TrainingConfig, total_steps: int) -> None:
+        from accelerate import Accelerator
+        from transformers import get_linear_schedule_with_warmup
 
-def _load_checkpoint(accelerator, folder: Path, total_steps: int) -> int:
-    progress = json.loads((folder / "progress.json").read_text())
-    if progress["total_steps"] != total_steps:
-        raise SelfEvolveError(
-            f"checkpoint {folder} belongs to a run of {progress['total_steps']} steps, this one has {total_steps}; "
-            "resume with the same examples and config, or start afresh in another output folder"
+        self.config, self.total_steps = config, total_steps
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision)
+        module = _with_lora(model.model, config) if config.lora else model.model.requires_grad_(True)
+        module.train()
+        self.parameters = [p for p in module.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            self.parameters, lr=config.peak_learning_rate, weight_decay=config.weight_decay
         )
-    accelerator.load_state(str(folder))
-    return int(progress["step"])
+        scheduler = get_linear_schedule_with_warmup(
+            optimizer, int(config.warmup_ratio * total_steps), total_steps
+        )
+        self.module, self.optimizer, self.scheduler = self.accelerator.prepare(module, optimizer, scheduler)
+        self.student = LocalModel(
+            self.module,
+            model.tokenizer,
+            name=model.name,
+            revision=model.revision,
+            batch_size=model.batch_size,
+        )
+
+    def shard(self, batch: Sequence[Any]) -> Sequence[Any]:
+        """This process's share of a global batch (all of it on one process)."""
+        accelerator = self.accelerator
+        return batch[accelerator.process_index :: accelerator.num_processes] or batch[:1]
+
+    def step(self, loss: torch.Tensor, step: int) -> float:
+        """Backpropagate ``loss``, clip, take one optimizer and schedule step; its value (finite, or an error)."""
+        self.accelerator.backward(loss)
+        if self.config.max_grad_norm > 0:
+            self.accelerator.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise SelfEvolveError(
+                f"training diverged at step {step} (loss {value}); lower train.learning_rate or use mixed_precision=no"
+            )
+        return value
+
+    def save(self, folder: Path, step: int) -> None:
+        """Resumable state (weights or adapters, optimizer, schedule, RNG) and the step it was taken at."""
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(folder))
+        if self.accelerator.is_main_process:
+            progress = {"step": step, "total_steps": self.total_steps}
+            (folder / "progress.json").write_text(json.dumps(progress))
+
+    def load(self, folder: Path) -> int:
+        """Restore the state :meth:`save` wrote; the step to continue after."""
+        progress = json.loads((folder / "progress.json").read_text())
+        if progress["total_steps"] != self.total_steps:
+            raise SelfEvolveError(
+                f"checkpoint {folder} belongs to a run of {progress['total_steps']} steps, this one has "
+                f"{self.total_steps}; resume with the same examples and config, or start afresh in another "
+                "output folder"
+            )
+        self.accelerator.load_state(str(folder))
+        return int(progress["step"])
+
+
+@contextlib.contextmanager
+def trainable(model: LocalModel, config: TrainingConfig, total_steps: int) -> Iterator[TrainingSession]:
+    """Make ``model`` trainable for the ``with`` block; on success ``model.model`` becomes the trained module.
+
+    On an exception the model is put back as it was: LoRA adapters are removed without merging (the weights
+    are untouched), ``requires_grad`` flags and eval/train mode are restored. With full fine-tuning
+    (``lora=false``) the steps already taken stay in the weights.
+    """
+    original = model.model
+    flags = [(p, p.requires_grad) for p in original.parameters()]
+    was_training = original.training
+    session = None
+    try:
+        session = TrainingSession(model, config, total_steps)
+        yield session
+    except BaseException:
+        if session is not None and config.lora:
+            session.accelerator.unwrap_model(session.module).unload()  # back to the original layers
+        model.model = original
+        raise
+    else:
+        trained = session.accelerator.unwrap_model(session.module)
+        if config.lora and config.merge_lora:
+            trained = trained.merge_and_unload()
+        model.model = trained.eval()
+        was_training = False
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+        original.train(was_training)
 
 
 def train(
@@ -150,7 +239,8 @@ def train(
     """Train ``model`` in place on ``examples`` with ``step_loss``; LoRA adapters are merged at the end.
 
     Args:
-        model: the student. Its ``model`` attribute is replaced by the trained (merged) module.
+        model: the student. Its ``model`` attribute is replaced by the trained (merged) module; on an error it
+            is left as it was (see :func:`trainable`).
         examples: anything ``step_loss`` understands; batched in a seeded order per epoch.
         step_loss: ``(student, batch) -> (loss, tokens)``; ``student`` is a LocalModel over the training module.
         config: optimisation settings.
@@ -159,76 +249,41 @@ def train(
         resume: continue from the checkpoint in ``checkpoint_dir`` when there is one.
         on_step: called with (step, loss) after every optimizer step (progress, tests).
     """
-    from accelerate import Accelerator
-    from transformers import get_linear_schedule_with_warmup
-
     if not examples:
         raise SelfEvolveError("nothing to train on: the example list is empty")
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
-    module = model.model
-    if config.lora:
-        module = _with_lora(module, config)
-    else:
-        module.requires_grad_(True)
-    module.train()
-    parameters = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=config.peak_learning_rate, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(examples) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
-    scheduler = get_linear_schedule_with_warmup(
-        optimizer, int(config.warmup_ratio * total_steps), total_steps
-    )
-    module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
-    student = LocalModel(
-        module, model.tokenizer, name=model.name, revision=model.revision, batch_size=model.batch_size
-    )
-
     folder = Path(checkpoint_dir) / "checkpoint" if checkpoint_dir is not None else None
-    start = 0
-    if resume and folder is not None and (folder / "progress.json").is_file():
-        start = _load_checkpoint(accelerator, folder, total_steps)
-        log.info("resuming from step %d of %d (%s)", start, total_steps, folder)
-    result = TrainResult(resumed_from=start)
-    began = time.perf_counter()
-    step = 0
-    for epoch in range(config.epochs):
-        order = epoch_order(len(examples), epoch, config.seed)
-        for offset in range(0, len(order), config.batch_size):
-            step += 1
-            if step <= start:
-                continue
-            tick = time.perf_counter()
-            batch = [examples[i] for i in order[offset : offset + config.batch_size]]
-            shard = batch[accelerator.process_index :: accelerator.num_processes] or batch[:1]
-            with accelerator.autocast():
-                loss, tokens = step_loss(student, shard)
-            accelerator.backward(loss)
-            if config.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise SelfEvolveError(
-                    f"training diverged at step {step} (loss {value}); lower train.learning_rate or use mixed_precision=no"
-                )
-            result.steps += 1
-            result.tokens += tokens
-            result.losses.append(value)
-            result.step_seconds.append(time.perf_counter() - tick)
-            if on_step is not None:
-                on_step(step, value)
-            if folder is not None and config.save_every and step % config.save_every == 0:
-                _save_checkpoint(accelerator, folder, step, total_steps)
-        if folder is not None and step > start:
-            _save_checkpoint(accelerator, folder, step, total_steps)
-    result.seconds = time.perf_counter() - began
-    trained = accelerator.unwrap_model(module)
-    if config.lora and config.merge_lora:
-        trained = trained.merge_and_unload()
-    trained.eval()
-    model.model = trained
+    with trainable(model, config, total_steps) as session:
+        start = 0
+        if resume and folder is not None and (folder / "progress.json").is_file():
+            start = session.load(folder)
+            log.info("resuming from step %d of %d (%s)", start, total_steps, folder)
+        result = TrainResult(resumed_from=start)
+        began = time.perf_counter()
+        step = 0
+        for epoch in range(config.epochs):
+            order = epoch_order(len(examples), epoch, config.seed)
+            for offset in range(0, len(order), config.batch_size):
+                step += 1
+                if step <= start:
+                    continue
+                tick = time.perf_counter()
+                batch = [examples[i] for i in order[offset : offset + config.batch_size]]
+                with session.accelerator.autocast():
+                    loss, tokens = step_loss(session.student, session.shard(batch))
+                value = session.step(loss, step)
+                result.steps += 1
+                result.tokens += tokens
+                result.losses.append(value)
+                result.step_seconds.append(time.perf_counter() - tick)
+                if on_step is not None:
+                    on_step(step, value)
+                if folder is not None and config.save_every and step % config.save_every == 0:
+                    session.save(folder, step)
+            if folder is not None and step > start:
+                session.save(folder, step)
+        result.seconds = time.perf_counter() - began
     return result
 
 
