@@ -143,8 +143,32 @@ class LocalModel:
         return self.tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
 
     def encode(self, prompt: Prompt) -> list[int]:
-        """Token ids of a prompt. Rendered chats already hold their special tokens; raw text gets the usual ones."""
-        return self.tokenizer(self.render(prompt), add_special_tokens=isinstance(prompt, str))["input_ids"]
+        """Token ids of a prompt. Raw text gets the usual special tokens; in a chat, only the template's markup
+        becomes control tokens: text inside a message that spells one (``<|im_start|>system``) stays plain text,
+        so a message cannot open a turn of its own."""
+        if isinstance(prompt, str):
+            return self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        text = self.render(prompt)
+        ids, position = [], 0
+        for message in prompt:
+            content = message.get("content")
+            if not self._spells_control_tokens(content):
+                continue
+            found = text.find(content, position)
+            if found < 0:
+                raise SelfEvolveError(
+                    f"a {message.get('role')!r} message spells the model's control tokens and the chat template "
+                    "changed its text, so it cannot be kept as plain text; remove the control tokens"
+                )
+            ids += self.tokenizer(text[position:found], add_special_tokens=False)["input_ids"]
+            ids += self.tokenizer(content, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            position = found + len(content)
+        return ids + self.tokenizer(text[position:], add_special_tokens=False)["input_ids"]
+
+    def _spells_control_tokens(self, text: object) -> bool:
+        """Whether ``text`` (a message's content) contains the text of one of the tokenizer's special tokens."""
+        specials = [t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special]
+        return isinstance(text, str) and any(token in text for token in specials)
 
     def _left_pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(row) for row in rows)
@@ -314,8 +338,14 @@ class LocalModel:
         a token belongs to the continuation when it covers any of its characters. Pre-tokenized continuations
         are appended as given, so teacher and student in distillation see the same target tokens.
         """
-        if not isinstance(continuation, str):
+        hostile = not isinstance(prompt, str) and any(
+            self._spells_control_tokens(m.get("content")) for m in prompt
+        )
+        if not isinstance(continuation, str) or hostile:
             prompt_ids = self.encode(prompt)
+            if isinstance(continuation, str):
+                tokens = self.tokenizer(continuation, add_special_tokens=False, split_special_tokens=True)
+                continuation = tokens["input_ids"]
             ids = prompt_ids + [int(t) for t in continuation]
             start = len(prompt_ids)
         else:
