@@ -16,12 +16,14 @@ from selfevolve.cli import (
     demo,
     doctor,
     eval_qa,
+    evolve,
     exec_,
     generate,
     inject,
     judge_code,
     models,
     repair_train,
+    report,
     serve,
     trace,
 )
@@ -48,6 +50,8 @@ COMMANDS = (
     (trace.main, "trace"),
     (repair_train.main, "repair-train"),
     (acr.main, "acr"),
+    (evolve.main, "evolve"),
+    (report.main, "report"),
 )
 for command, name in COMMANDS:
     app.command(name)(command)

@@ -1,0 +1,117 @@
+"""Evaluate steps: score the iteration's model. Each answer is stored as an ``evaluate`` experience, so the
+report can show the base model's and the shipped model's answers side by side."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from selfevolve.acquire.knowledge import QAItem, fictional_knowledge, load_documents, load_questions
+from selfevolve.evaluate.qa import QAResult, answer_questions, perplexity
+from selfevolve.loop.state import LoopState, StepResult
+from selfevolve.loop.steps._general import GENERAL_QUESTIONS, GENERAL_TEXTS
+from selfevolve.store import Experience
+
+HELDOUT = "heldout-qa"
+PROBE = "retention-probe"
+
+
+def _answers(task: str, result: QAResult, revision: str) -> list[Experience]:
+    return [
+        Experience(
+            run_id="",
+            task=task,
+            prompt=row["question"],
+            response=row["prediction"],
+            phase="evaluate",
+            feedback={"answers": row["answers"], "f1": row["f1"], "recall": row["recall"]},
+            score=row["recall"],
+            model_revision=revision,
+            metadata={"doc_id": row["doc_id"]},
+        )
+        for row in result.rows
+    ]
+
+
+def _fictional(spec: str) -> tuple[int, int] | None:
+    """(count, seed) of a ``fictional:COUNT[:SEED]`` spec, None for anything else."""
+    if not spec.startswith("fictional:"):
+        return None
+    count, _, seed = spec.removeprefix("fictional:").partition(":")
+    if not count.isdigit() or not (seed or "0").isdigit():
+        raise ValueError(f"questions {spec!r} is not fictional:COUNT or fictional:COUNT:SEED")
+    return int(count), int(seed or 0)
+
+
+@dataclass
+class HeldoutQA:
+    """Held-out QA: SQuAD token F1, exact match and answer recall (the gold answer inside the reply) on
+    questions worded differently from any the model trained on."""
+
+    PHASE: ClassVar[str] = "evaluate"
+    METRICS: ClassVar[tuple[str, ...]] = ("f1", "recall", "exact_match")
+
+    questions: str = "fictional:1:0"  # fictional:COUNT:SEED (the test questions of that set) or a JSONL file
+    max_new_tokens: int = 32
+
+    def __post_init__(self) -> None:
+        if _fictional(self.questions) is None and not Path(self.questions).is_file():
+            raise ValueError(
+                f"questions {self.questions} does not exist; pass a JSONL file or fictional:COUNT:SEED"
+            )
+
+    def items(self) -> list[QAItem]:
+        fictional = _fictional(self.questions)
+        if fictional is None:
+            return load_questions(self.questions)
+        return list(fictional_knowledge(fictional[0], seed=fictional[1]).test)
+
+    def run(self, state: LoopState) -> StepResult:
+        result = answer_questions(state.model, self.items(), max_new_tokens=self.max_new_tokens)
+        return StepResult(
+            experiences=_answers(HELDOUT, result, state.model.revision),
+            metrics={"f1": result.f1, "recall": result.recall, "exact_match": result.exact_match},
+        )
+
+
+@dataclass
+class Retention:
+    """What an update costs elsewhere: perplexity on unrelated text, and the share of the general probe
+    questions the base model (iteration 0) answered right that the model still answers right."""
+
+    PHASE: ClassVar[str] = "evaluate"
+    METRICS: ClassVar[tuple[str, ...]] = ("perplexity", "recall")
+
+    texts: str = ""  # unrelated text (.txt, folder, .jsonl); empty: the built-in paragraphs
+    probes: str = ""  # general questions (JSONL: question, answer); empty: the built-in 20
+    max_new_tokens: int = 32
+    max_tokens: int = 256  # per text, for perplexity
+
+    def __post_init__(self) -> None:
+        for name in ("texts", "probes"):
+            value = getattr(self, name)
+            if value and not Path(value).exists():
+                raise ValueError(f"retention.{name} {value} does not exist; fix the path or leave it empty")
+
+    def run(self, state: LoopState) -> StepResult:
+        texts = [d.text for d in load_documents(self.texts)] if self.texts else list(GENERAL_TEXTS)
+        probes = (
+            load_questions(self.probes)
+            if self.probes
+            else [QAItem("general", q, (a,)) for q, a in GENERAL_QUESTIONS]
+        )
+        answered = answer_questions(state.model, probes, max_new_tokens=self.max_new_tokens)
+        base = answered.rows if state.iteration == 0 else None
+        if base is None:
+            base = [{"question": e.prompt, "recall": e.score} for e in state.experiences(PROBE, iteration=0)]
+        known = {row["question"] for row in base if row["recall"] == 1.0}
+        still = [row["recall"] for row in answered.rows if row["question"] in known]
+        return StepResult(
+            experiences=_answers(PROBE, answered, state.model.revision),
+            metrics={
+                "perplexity": perplexity(state.model, texts, max_tokens=self.max_tokens),
+                "recall": sum(still) / len(still) if still else 1.0,
+            },
+            summary={"base_known": len(known), "probes": len(probes)},
+        )

@@ -1,0 +1,96 @@
+"""Update steps: train a copy of the model on this iteration's kept experiences (through ``update/training.py``,
+so ``accelerate launch`` spreads it over processes). The copy is the step's new model; the runner keeps the old
+one until the evaluation's guards accept the update."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from selfevolve.acquire.knowledge import load_documents
+from selfevolve.acquire.synthesize import SynthesizedItem
+from selfevolve.loop.state import LoopState, StepResult, clone_model
+from selfevolve.loop.steps.acquire import QA, stored_documents
+from selfevolve.store import Decision, Experience
+from selfevolve.update.selfparam import SelfParamConfig, inject
+from selfevolve.update.sft import SFTConfig, finetune
+from selfevolve.update.training import TrainingConfig, TrainResult
+
+TRAINED = "trained on"
+
+
+def _items(experiences: list[Experience]) -> list[SynthesizedItem]:
+    return [
+        SynthesizedItem(e.metadata["doc_id"], e.prompt, e.response, e.metadata["source"], e.score or 0.0)
+        for e in experiences
+    ]
+
+
+def _result(model, experiences: list[Experience], trained: TrainResult, **summary) -> StepResult:
+    return StepResult(
+        decisions=[Decision(e.id, True, TRAINED) for e in experiences],
+        losses=trained.losses,
+        model=model,
+        summary={"examples": len(experiences), "steps": trained.steps, "tokens": trained.tokens, **summary},
+    )
+
+
+@dataclass
+class SelfParam:
+    """SELF-PARAM injection: the model without the document learns the model-with-document's answers by KL
+    (https://arxiv.org/abs/2410.00487); trains on the kept ``qa`` experiences."""
+
+    PHASE: ClassVar[str] = "update"
+    METRICS: ClassVar[tuple[str, ...]] = ()
+
+    train: TrainingConfig = field(default_factory=TrainingConfig)  # LoRA r=16, lr 2e-3, 8 epochs, batch 4
+    top_k: int = 0  # 0: full-vocabulary KL (the paper); k: the teacher's top-k plus a "rest" bucket
+    regularizer_weight: float = 0.0  # weight of KL to the unchanged model on regularizer_texts
+    regularizer_texts: str = ""  # unrelated text (.txt, folder, .jsonl) for the regularizer
+    teacher_batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        self.config()  # the library's own checks, at config time
+        if self.regularizer_weight > 0 and not self.regularizer_texts:
+            raise ValueError(
+                "regularizer_weight > 0 needs regularizer_texts; set a text file or the weight to 0"
+            )
+        if self.regularizer_texts and not Path(self.regularizer_texts).exists():
+            raise ValueError(f"regularizer_texts {self.regularizer_texts} does not exist; fix the path")
+
+    def config(self) -> SelfParamConfig:
+        return SelfParamConfig(
+            train=self.train,
+            top_k=self.top_k,
+            regularizer_weight=self.regularizer_weight,
+            teacher_batch_size=self.teacher_batch_size,
+        )
+
+    def run(self, state: LoopState) -> StepResult:
+        kept = state.kept(QA)
+        if not kept:
+            return StepResult(summary={"skipped": "no kept qa experience to train on"})
+        texts = [d.text for d in load_documents(self.regularizer_texts)] if self.regularizer_texts else []
+        model = clone_model(state.model)
+        documents = list(stored_documents(state).values())
+        injected = inject(model, documents, self.config(), items=_items(kept), regularizer_texts=texts)
+        return _result(model, kept, injected.train, teacher_seconds=injected.teacher_seconds)
+
+
+@dataclass
+class SFT:
+    """Supervised fine-tuning (cross-entropy on the reply, LoRA merged) on the kept ``qa`` experiences."""
+
+    PHASE: ClassVar[str] = "update"
+    METRICS: ClassVar[tuple[str, ...]] = ()
+
+    train: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def run(self, state: LoopState) -> StepResult:
+        kept = state.kept(QA)
+        if not kept:
+            return StepResult(summary={"skipped": "no kept qa experience to train on"})
+        model = clone_model(state.model)
+        trained = finetune(model, SFTConfig(train=self.train, target="qa"), items=_items(kept))
+        return _result(model, kept, trained)
