@@ -136,7 +136,7 @@ def _step_rows(store: ExperienceStore, run_id: str, steps: list[StepRecord]) -> 
         reasons = Counter(d.reason for d in mine if not d.kept)
         result = record.result
         notes = [f"{k} {v:.4g}" for k, v in result.get("metrics", {}).items()]
-        notes += [f"{k}: {v}" for k, v in result.get("summary", {}).items() if k not in ("teacher_seconds",)]
+        notes += [f"{k}: {v}" for k, v in result.get("summary", {}).items()]
         if result.get("losses"):
             notes.append(f"loss {result['losses'][0]:.4g} → {result['losses'][-1]:.4g}")
         rows.setdefault(record.iteration, []).append(

@@ -27,12 +27,12 @@ def _items(experiences: list[Experience]) -> list[SynthesizedItem]:
     ]
 
 
-def _result(model, experiences: list[Experience], trained: TrainResult, **summary) -> StepResult:
+def _result(model, experiences: list[Experience], trained: TrainResult) -> StepResult:
     return StepResult(
         decisions=[Decision(e.id, True, TRAINED) for e in experiences],
         losses=trained.losses,
         model=model,
-        summary={"examples": len(experiences), "steps": trained.steps, "tokens": trained.tokens, **summary},
+        summary={"examples": len(experiences), "steps": trained.steps, "tokens": trained.tokens},
     )
 
 
@@ -75,7 +75,7 @@ class SelfParam:
         model = clone_model(state.model)
         documents = list(stored_documents(state).values())
         injected = inject(model, documents, self.config(), items=_items(kept), regularizer_texts=texts)
-        return _result(model, kept, injected.train, teacher_seconds=injected.teacher_seconds)
+        return _result(model, kept, injected.train)
 
 
 @dataclass
