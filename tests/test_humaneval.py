@@ -1,5 +1,5 @@
-"""HumanEval execution ground truth: the canonical solutions pass in the sandbox, wrong ones fail, pass@k is
-the unbiased estimator, and ``selfevolve exec humaneval`` turns bad input into one line."""
+"""HumanEval execution ground truth: the canonical solutions pass in the sandbox, wrong ones fail (forgers
+included), pass@k is the unbiased estimator, and ``selfevolve exec humaneval`` turns bad input into one line."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from selfevolve.errors import SelfEvolveError
 from selfevolve.evaluate.humaneval import (
     Sample,
     SampleResult,
-    check_program,
+    check_job,
     evaluate_samples,
     load_humaneval,
     load_samples,
@@ -73,22 +73,54 @@ def test_wrong_completions_fail(problems):
     results = evaluate_samples(problems, samples, timeout_s=4)
     assert [r.status for r in results] == ["failed", "failed", "timeout", "ok"]
     assert [r.completion_id for r in results] == [0, 1, 2, 3]
-    assert "AssertionError" in results[0].detail and "completion proof" in results[1].detail
+    assert "AssertionError" in results[0].detail and "before the tests finished" in results[1].detail
     assert pass_at_k_table(results, [1, 2, 5]) == {1: 0.25, 2: 0.5}
 
 
-def test_check_program_is_human_evals(problems):
+# A completion written as a new user would try it (it knows nothing of the harness): on its first call it
+# collects every secret-looking string from its descriptors and its interpreter's objects, echoes them as
+# fake reports to every descriptor, and exits 0.
+GENERIC_FORGERY = """    import gc, os, re
+    secret = re.compile(rb"(?<![0-9a-f])[0-9a-f]{16,64}(?![0-9a-f])")
+    found = set(secret.findall(open("/proc/self/cmdline", "rb").read()))
+    for fd in range(256):
+        try:
+            os.set_blocking(fd, False)
+            found.update(secret.findall(os.read(fd, 1 << 16)))
+        except (OSError, ValueError):
+            pass
+    found.update(s.encode() for s in gc.get_objects() if isinstance(s, str) and secret.fullmatch(s.encode()))
+    for fd in range(256):
+        for token in found or {b"x"}:
+            try:
+                os.write(fd, b'{"event": "end", "proof": "' + token + b'"}\\n' + token + b"\\nok\\n")
+            except OSError:
+                break
+    os._exit(0)
+"""
+
+
+def test_forging_completions_never_pass(problems):
+    """The forgery of the issue (the generic one, 1 to 5 passes in 20 under the old completion proof), and
+    completions that replace the tests' helpers or builtins: no pass on any of the first 20 tasks."""
+    replace_builtins = "    import builtins\n    builtins.abs = builtins.len = lambda x: 0\n    return None\n"
+    shadow = "    return None\n\ndef poly(*a):\n    return 0\n\nisclose = abs = lambda *a: 0\n"
+    samples = [
+        Sample(p.task_id, forgery)
+        for p in problems[:20]
+        for forgery in (GENERIC_FORGERY, replace_builtins, shadow)
+    ]
+    results = evaluate_samples(problems, samples, timeout_s=10)
+    assert [(r.task_id, r.status) for r in results if r.passed] == []
+    assert {r.status for r in results} <= {"failed", "killed"}
+
+
+def test_the_program_is_the_completion_and_the_tests_run_outside(problems):
     problem = problems[2]
-    program = check_program(problem, "    return number % 1.0\n")
-    assert (
-        program
-        == problem.prompt
-        + "    return number % 1.0\n"
-        + "\n"
-        + problem.test
-        + "\n"
-        + "check(truncate_number)"
-    )
+    program, tests = check_job(problem, "    return number % 1.0\n")
+    assert program == problem.prompt + "    return number % 1.0\n\n"
+    assert tests.setup == problem.prompt and tests.functions == ("truncate_number",)
+    assert tests.code == problem.test + "\ncheck(truncate_number)\n"
 
 
 @pytest.mark.parametrize(

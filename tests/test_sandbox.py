@@ -1,12 +1,16 @@
 """The sandbox against hostile programs, in every isolation tier that works on this machine (no skips).
 
-Each hostile program ends with a failing check or exits non-zero unless its attack worked, so ``ok`` would
-mean the attack succeeded; the tests also look at the host: files, the test process, leftover processes.
+Each hostile program fails its tests or exits non-zero unless its attack worked, so ``ok`` would mean the attack
+succeeded; the tests also look at the host: files, the test process, leftover processes. Judged programs try to
+forge their verdict through every channel but their answers: the old completion-proof attacks, one that knows
+the protocol, and one that knows nothing and echoes every secret-looking string it can find.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import signal
 import socket
@@ -19,8 +23,20 @@ from pathlib import Path
 
 import pytest
 
+from selfevolve import sandbox
 from selfevolve.errors import SelfEvolveError
-from selfevolve.sandbox import OUTPUT_LIMIT, available_isolations, run_many, run_python, run_tests
+from selfevolve.sandbox import (
+    OUTPUT_LIMIT,
+    ProgramError,
+    available_isolations,
+    isolation_warning,
+    run_many,
+    run_python,
+    run_remote,
+    run_tests,
+    wire,
+)
+from selfevolve.sandbox import run as sandbox_run
 from selfevolve.sandbox.isolation import MARKER_VAR, Isolation, kill_marked
 from selfevolve.sandbox.run import _execute, _Job, _working
 
@@ -59,13 +75,15 @@ def assert_nothing_left(marker: str) -> None:
     assert marked(marker) == []
 
 
-def in_helper(program: str, tier: str, *, tests: bool = False, env: dict | None = None) -> dict:
+def in_helper(
+    program: str, tier: str, *, tests: sandbox.Tests | None = None, env: dict | None = None
+) -> dict:
     """Run the harness in a helper process of its own session (with ``env`` in its initial environment), so
     that an attack that works shows up as a failed test rather than a dead pytest."""
-    run = "run_tests" if tests else "run_python"
+    call = f"run_tests({program!r}, {tests!r}" if tests else f"run_python({program!r}"
     helper = (
-        f"import dataclasses, json\nfrom selfevolve.sandbox import {run}\n"
-        f"print(json.dumps(dataclasses.asdict({run}({program!r}, isolation={tier!r}))))"
+        "import dataclasses, json\nfrom selfevolve.sandbox import Tests, run_python, run_tests\n"
+        f"print(json.dumps(dataclasses.asdict({call}, isolation={tier!r}))))"
     )
     done = subprocess.run(
         [sys.executable, "-c", helper],
@@ -79,8 +97,24 @@ def in_helper(program: str, tier: str, *, tests: bool = False, env: dict | None 
     return json.loads(done.stdout)
 
 
-def test_several_tiers_are_exercised_here():
-    assert TIERS[-1] == "process" and len(TIERS) >= 1
+def test_tiers_are_strongest_first_and_bwrap_is_used_wherever_it_works():
+    """The hostile tests run in every tier found here, so a working bubblewrap that detection missed would
+    leave the one real boundary untested."""
+    assert [t for t in ("bwrap", "netns", "process") if t in TIERS] == TIERS and TIERS[-1] == "process"
+    bwrap = next((c for c in sandbox_run.candidates() if c.name == "bwrap"), None)
+    works = bwrap is not None and subprocess.run([*bwrap.prefix, "true"]).returncode == 0
+    assert ("bwrap" in TIERS) == works
+    assert (isolation_warning() is None) == ("bwrap" in TIERS)
+
+
+def test_a_machine_without_bubblewrap_is_told_once(monkeypatch, caplog):
+    monkeypatch.setattr(sandbox_run, "_detected", {})
+    monkeypatch.setattr(sandbox_run, "candidates", lambda: [Isolation("process", allow_fork=False)])
+    with caplog.at_level(logging.WARNING, logger="selfevolve.sandbox.run"):
+        assert available_isolations() == ["process"] and available_isolations() == ["process"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "not a security boundary" in warnings[0]
+    assert isolation_warning() == warnings[0] and "'process' tier" in warnings[0]
 
 
 # --- normal programs ---------------------------------------------------------------------------------
@@ -131,10 +165,9 @@ def test_run_many_keeps_order_and_runs_tests(tier):
     results = run_many(codes, workers=3, isolation=tier)
     assert [r.stdout for r in results[:6]] == [f"{i}\n" for i in range(6)]
     assert results[6].status == "failed"
-    assert [r.status for r in run_many(["assert 1", "assert 0"], tests=True, isolation=tier)] == [
-        "ok",
-        "failed",
-    ]
+    tests = [sandbox.Tests("assert f() == 1", ("f",))] * 2
+    judged = run_many(["def f():\n    return 1\n", "def f():\n    return 0\n"], tests=tests, isolation=tier)
+    assert [r.status for r in judged] == ["ok", "failed"]
 
 
 @pytest.mark.parametrize(
@@ -151,6 +184,14 @@ def test_run_many_keeps_order_and_runs_tests(tier):
         (lambda: run_python("pass", isolation="docker"), "isolation 'docker' is not available"),
         (lambda: run_many("print(1)"), "codes must be a list"),
         (lambda: run_many(["print(1)"], workers=0), "workers must be a positive int"),
+        (lambda: run_tests("pass", "assert f()"), "tests must be a selfevolve.sandbox.Tests"),
+        (lambda: run_tests("pass", sandbox.Tests("assert f()", "f")), "Tests.functions must be a tuple"),
+        (lambda: run_tests("pass", sandbox.Tests("assert f()", ("f()",))), "Tests.functions must be a tuple"),
+        (lambda: run_tests("pass", sandbox.Tests("assert f(", ("f",))), "Tests.code is not valid Python"),
+        (lambda: run_tests("pass", sandbox.Tests("pass", (), setup=3)), "Tests.setup must be a str"),
+        (lambda: run_many(["pass"], tests=[]), "one Tests per program"),
+        (lambda: run_many(["pass"], tests=True), "one Tests per program"),
+        (lambda: run_remote("pass", print, describe="no such"), "describe must name a function"),
     ],
 )
 def test_bad_input_is_a_one_line_error(call, needle):
@@ -257,6 +298,65 @@ def test_parent_environment_is_invisible(tier):
     assert result["status"] == "failed" and result["stdout"] == "[]\n"
 
 
+# Ways to spell another process's /proc/PID/environ; each reads it, or raises OSError. (Under bubblewrap the
+# harness is in another pid namespace, so /proc has nothing of it whatever the spelling.)
+PROC_SPELLINGS = {
+    "plain": "open(f'/proc/{pid}/environ', 'rb').read()",
+    "..": "open(f'/proc/self/../{pid}/environ', 'rb').read()",
+    "sys.prefix": "open(sys.prefix + '/..' * 16 + f'/proc/{pid}/environ', 'rb').read()",
+    "/proc/self/root": "open(f'/proc/self/root/proc/{pid}/environ', 'rb').read()",
+    "//": "open(f'//proc//./{pid}//environ', 'rb').read()",
+    "bytes": "open(f'/proc/{pid}/environ'.encode(), 'rb').read()",
+    "pathlib": "pathlib.Path(f'/proc/{pid}/environ').read_bytes()",
+    "io.open_code": "io.open_code(f'/proc/{pid}/environ').read()",
+    "task": "open(f'/proc/{pid}/task/{pid}/environ', 'rb').read()",
+    "symlink to the file": "link(f'/proc/{pid}/environ', f'file-{pid}') or open(f'file-{pid}', 'rb').read()",
+    "symlink to /proc": "link('/proc', 'proc-link') or open(f'proc-link/{pid}/environ', 'rb').read()",
+    "chdir": "os.chdir('/proc') or open(f'{pid}/environ', 'rb').read()",
+    "dir_fd of /": "os.read(os.open(f'proc/{pid}/environ', os.O_RDONLY, dir_fd=os.open('/', os.O_RDONLY)), 65536)",
+    "dir_fd of /proc": "os.read(os.open(f'{pid}/environ', os.O_RDONLY, dir_fd=os.open('/proc', os.O_RDONLY)), 65536)",
+}
+
+
+def test_other_processes_proc_is_unreadable_whatever_the_spelling(tier):
+    secret = f"s3cret-{uuid.uuid4().hex}"
+    attempts = ",\n".join(f"    ({name!r}, lambda pid: {expr})" for name, expr in PROC_SPELLINGS.items())
+    program = (
+        code(
+            """
+        import io, os, pathlib, sys
+        home = os.getcwd()
+
+        def link(target, name):
+            if not os.path.lexists(name):
+                os.symlink(target, name)
+
+        ATTEMPTS = [
+        """
+        )
+        + attempts
+        + code(
+            """
+        ]
+        leaked = set()
+        for pid in dict.fromkeys([str(os.getppid()), *(p for p in os.listdir("/proc") if p.isdigit())]):
+            for name, read in ATTEMPTS:
+                try:
+                    if b"s3cret-" in read(pid):
+                        leaked.add(name)
+                except (OSError, ValueError):
+                    pass
+                os.chdir(home)
+        print(sorted(leaked))
+        sys.exit(0 if leaked else 1)
+        """
+        )
+    )
+    result = in_helper(program, tier, env={**os.environ, "SELFEVOLVE_FAKE_SECRET": secret})
+    assert secret not in result["stdout"] + result["stderr"]
+    assert result["stdout"] == "[]\n" and result["status"] == "failed", result
+
+
 def test_network_connections_never_arrive(tier):
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
@@ -277,39 +377,43 @@ def test_the_harness_cannot_be_signalled(tier):
     program = code(
         """
         import os, signal
-        for attack in (
-            lambda: os.kill(os.getppid(), signal.SIGURG),
-            lambda: os.killpg(os.getpgid(os.getppid()), signal.SIGURG),
-            lambda: os.kill(-1, signal.SIGURG),
-        ):
-            try:
-                attack()
-            except OSError:
-                pass
-        assert False, "the check fails"
+
+        def f():
+            for attack in (
+                lambda: os.kill(os.getppid(), signal.SIGURG),
+                lambda: os.killpg(os.getpgid(os.getppid()), signal.SIGURG),
+                lambda: os.kill(-1, signal.SIGURG),
+            ):
+                try:
+                    attack()
+                except OSError:
+                    pass
+            return 0
         """
     )
     try:
-        result = run_tests(program, isolation=tier)
+        result = run_tests(program, sandbox.Tests("assert f() == 1", ("f",)), isolation=tier)
         time.sleep(0.2)
     finally:
         signal.signal(signal.SIGURG, previous)
-    assert received == [] and result.status != "ok"
+    assert received == [] and result.status == "failed"
 
 
 def test_killing_the_parent_fails(tier):
     program = code(
         """
         import os, signal
-        for attack in (lambda: os.killpg(os.getpgid(os.getppid()), signal.SIGKILL), lambda: os.getppid()):
-            try:
-                os.kill(attack(), signal.SIGKILL)
-            except OSError:
-                pass
-        os._exit(0)
+
+        def f():
+            for attack in (lambda: os.killpg(os.getpgid(os.getppid()), signal.SIGKILL), lambda: os.getppid()):
+                try:
+                    os.kill(attack(), signal.SIGKILL)
+                except OSError:
+                    pass
+            os._exit(0)
         """
     )
-    assert in_helper(program, tier, tests=True)["status"] == "failed"
+    assert in_helper(program, tier, tests=sandbox.Tests("assert f() == 1", ("f",)))["status"] == "failed"
 
 
 def test_a_daemon_does_not_outlive_the_run(tier):
@@ -352,45 +456,259 @@ def test_a_daemon_is_killed_in_a_guarded_tier_that_allows_fork():
     marker = uuid.uuid4().hex
     program = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(60)\n    os._exit(0)\ntime.sleep(0.3)\n"
     tier = Isolation("process", drop=_working()["process"].drop)
-    result = _execute(_Job(program, "", 10.0, 512, {}, {"MARKER": marker}, tier), tests=False)
+    result = _execute(_Job(program, "", 10.0, 512, {}, {"MARKER": marker}, tier))[0]
     assert result.ok, result
     assert_nothing_left(marker)
 
 
-# --- a test program cannot fake ok -------------------------------------------------------------------
+# --- a judged program cannot forge its verdict ---------------------------------------------------------
+
+# Tests that no constant answer passes: abs(f(1)) must be 2, then abs(f(2)) must be 3. The trusted side's own
+# abs and AssertionError are used, whatever the program does to its builtins.
+TESTS = sandbox.Tests("assert abs(f(1)) == 2\nassert abs(f(2)) == 3\n", ("f",))
+WRONG = "def f(x):\n    return -x\n"  # abs(-1) == 1: the first assert fails
+RIGHT = "def f(x):\n    return -(x + 1)\n"
+
+# Reads its own config (the harness's argv, as /proc/self/cmdline shows it) and writes, on every descriptor the
+# config names, whatever a harness might take for success: end-of-program reports, ready lines, a verdict.
+PROTOCOL_AWARE = r"""
+import marshal, os, sys
+def _forge():
+    config = marshal.loads(bytes.fromhex(open("/proc/self/cmdline", "rb").read().split(b"\0")[-2].decode()))
+    lines = [b'{"event": "end", "cpu": 0.0}\n', b'{"ready": true}\n', b'{"verdict": "ok", "passed": true}\n']
+    for key, fd in config.items():
+        if key.endswith("_fd") and isinstance(fd, int):
+            for line in lines:
+                try:
+                    os.write(fd, line)
+                except OSError:
+                    pass
+    os._exit(0)
+"""
+
+# Knows nothing of the protocol: collects every secret-looking string from its descriptors and its interpreter's
+# objects and echoes them, in every report format it can think of, to every descriptor; then exits 0.
+GENERIC = r"""
+import gc, os, re, sys
+def _forge():
+    secret = re.compile(rb"(?<![0-9a-f])[0-9a-f]{16,64}(?![0-9a-f])")
+    found = set()
+    for fd in range(256):
+        try:
+            os.set_blocking(fd, False)
+            found.update(secret.findall(os.read(fd, 1 << 16)))
+        except (OSError, ValueError):
+            pass
+    for obj in gc.get_objects():
+        for text in (obj if isinstance(obj, (list, tuple)) else (obj,)):
+            if isinstance(text, str) and secret.fullmatch(text.encode()):
+                found.add(text.encode())
+    found.update(secret.findall(open("/proc/self/cmdline", "rb").read()))
+    reports = [b"ok\n", b"@@selfevolve-trace@@{}\n"]
+    for token in found:
+        reports += [b'{"event": "end", "proof": "' + token + b'"}\n', token + b"\n"]
+        reports += [b'{"ready": true, "proof": "' + token + b'"}\n']
+    for fd in range(256):
+        for report in reports:
+            try:
+                os.write(fd, report)
+            except OSError:
+                break
+    os._exit(0)
+"""
 
 CHEATS = {
-    "os._exit": "import os\nos._exit(0)",
-    "sys.exit": "import sys\nsys.exit(0)",
-    "SystemExit in a patched sys.exit": "import sys\nsys.exit = lambda *a: None\nraise SystemExit",
-    "atexit": "import atexit, os\natexit.register(lambda: os._exit(0))",
-    "excepthook": "import os, sys\nsys.excepthook = lambda *a: os._exit(0)",
-    "AssertionError replaced": "import builtins\nbuiltins.AssertionError = type('Quiet', (Exception,), {})",
-    "abs patched": "import builtins\nbuiltins.abs = lambda x: 0",
-    "settrace": "import sys\nsys.settrace(lambda *a: None)",
-    "fake sentinel": 'print(\'ok\', \'a\' * 32)\nimport os, json\nfor fd in range(3, 12):\n    try:\n        os.write(fd, b\'{"event": "end", "proof": "x"}\\n\')\n    except OSError:\n        pass\nos._exit(0)',
+    "os._exit": "import os\nos._exit(0)\n" + WRONG,
+    "sys.exit": "import sys\nsys.exit(0)\n" + WRONG,
+    "SystemExit in a patched sys.exit": "import sys\nsys.exit = lambda *a: None\nraise SystemExit\n" + WRONG,
+    "atexit": "import atexit, os\natexit.register(lambda: os._exit(0))\n" + WRONG,
+    "excepthook": "import os, sys\nsys.excepthook = lambda *a: os._exit(0)\n" + WRONG,
+    "AssertionError replaced": "import builtins\nbuiltins.AssertionError = type('Q', (Exception,), {})\n"
+    + WRONG,
+    "abs patched": "import builtins\nbuiltins.abs = lambda x: x + 1\n" + WRONG,
+    "settrace": "import sys\nsys.settrace(lambda *a: None)\n" + WRONG,
+    "fork, the parent exits": "import os\nif os.fork():\n    os._exit(0)\n" + WRONG,
+    "fake sentinel": "import os\nprint('ok', 'a' * 32)\nfor fd in range(3, 12):\n    try:\n"
+    '        os.write(fd, b\'{"event": "end", "proof": "x"}\\n\')\n    except OSError:\n        pass\n'
+    "os._exit(0)\n",
+    "exit 0 in the call": "import os\ndef f(x):\n    os._exit(0)\n",
+    "protocol-aware, at load": PROTOCOL_AWARE + "_forge()\n",
+    "protocol-aware, in the call": PROTOCOL_AWARE + "def f(x):\n    _forge()\n",
+    "generic, at load": GENERIC + "_forge()\n",
+    "generic, in the call": GENERIC + "def f(x):\n    _forge()\n",
+    "always-equal value": "class Yes(int):\n    def __eq__(self, other):\n        return True\n"
+    "    __hash__ = int.__hash__\ndef f(x):\n    return Yes(7)\n",
+    "object that is not data": "class Any:\n    def __eq__(self, o):\n        return True\n"
+    "    def __abs__(self):\n        return self\ndef f(x):\n    return Any()\n",
 }
 
 
+def test_a_correct_program_passes_and_the_cheat_programs_are_wrong_without_their_cheat(tier):
+    assert run_tests(RIGHT, TESTS, isolation=tier).status == "ok"
+    assert run_tests(WRONG, TESTS, isolation=tier).status == "failed"
+
+
 @pytest.mark.parametrize("cheat", CHEATS)
-def test_a_failing_test_program_never_reports_ok(tier, cheat):
-    program = CHEATS[cheat] + "\nassert abs(-5) == 0, 'the check fails'\n"
-    result = run_tests(program, isolation=tier)
-    assert result.status != "ok", result
+def test_a_failing_program_never_passes(tier, cheat):
+    result = run_tests(CHEATS[cheat], TESTS, isolation=tier)
+    assert result.status in ("failed", "killed"), result
 
 
-def test_only_the_original_process_can_prove_the_end(tier):
+def test_the_generic_forgery_leaks_no_secret_of_the_harness(tier):
+    """Whatever the generic forger found went to its own stdout and stderr; none of it is the harness's."""
+    secret = uuid.uuid4().hex
+    done = in_helper(GENERIC + "_forge()\n" + WRONG, tier, tests=TESTS, env={**os.environ, "SECRET": secret})
+    assert done["status"] in ("failed", "killed") and secret not in done["stdout"] + done["stderr"]
+
+
+@pytest.mark.parametrize(
+    ("answers", "status"),
+    [
+        (b'{"value": 2}\n{"value": 3}\n', "ok"),  # answering is the one channel: these are f's answers
+        (b'{"value": 2}\n{"value": 2}\n', "failed"),
+        (b'{"value": {"r": "3"}}\n', "failed"),  # display-only values are not data in a verdict
+        (b'{"value": NaN}\n', "failed"),
+        (b'{"value": 1' + b"0" * 5000 + b"}\n", "failed"),
+        (b'{"value": {"t": [2], "s": [3]}}\n', "failed"),
+        (b'{"value": {"s": [[1]]}}\n', "failed"),
+        (b'{"value": {"d": [[1, 2, 3]]}}\n', "failed"),
+        (b'{"value": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n", "failed"),
+        (b'{"raised": "AssertionError"}\n', "failed"),
+        (b'{"value": 2, "raised": "x", "message": ""}\n', "failed"),
+        (b"\xff\xfe not json\n", "failed"),
+        (b"x" * (5 << 20), "killed"),  # an answer longer than any the harness reads
+    ],
+)
+def test_the_answers_are_the_only_channel(tier, answers, status):
+    """The program writes raw lines on its reply descriptor instead of answering; only answers that are right
+    as plain data pass, exactly as if its function had returned them."""
     program = (
-        "import os\nif os.fork():\n    os.wait()\n    os._exit(0)\nassert True, 'only the child gets here'\n"
+        "import marshal, os, time\n"
+        "config = marshal.loads(bytes.fromhex(open('/proc/self/cmdline', 'rb').read().split(b'\\0')[-2].decode()))\n"
+        f"def f(x):\n    os.write(config['reply_fd'], {answers!r})\n    time.sleep(30)\n"
     )
-    result = run_tests(program, isolation=tier)
-    assert result.status == "failed", result
+    result = run_tests(program, TESTS, isolation=tier, timeout_s=5)
+    assert result.status == status, result
 
 
-def test_a_passing_test_program_is_ok_but_needs_its_end(tier):
-    assert run_tests("def add(a, b):\n    return a + b\nassert add(2, 3) == 5\n", isolation=tier).ok
-    stopped = run_tests("import os\nos._exit(0)\nassert True\n", isolation=tier)
-    assert stopped.status == "failed" and "no completion proof" in stopped.detail
+def test_the_time_limit_is_kept_outside_the_program(tier):
+    hang = "def f(x):\n    while True:\n        pass\n"
+    assert run_tests(hang, TESTS, isolation=tier, timeout_s=1).status == "timeout"
+    never_ready = "while True:\n    pass\n"
+    assert run_tests(never_ready, TESTS, isolation=tier, timeout_s=1).status == "timeout"
+    swallowed = sandbox.Tests("try:\n    f(1)\nexcept BaseException:\n    pass\n", ("f",))
+    assert run_tests(hang, swallowed, isolation=tier, timeout_s=1).status == "timeout"
+
+
+def test_every_call_counts_and_failures_say_where(tier):
+    second = "import os\ncalls = []\ndef f(x):\n    calls.append(x)\n    if len(calls) == 2:\n        os._exit(0)\n    return -(x + 1)\n"
+    result = run_tests(second, TESTS, isolation=tier)
+    assert result.status == "failed" and "ended (exit status 0) before the tests finished" in result.detail
+    wrong = run_tests(WRONG, TESTS, isolation=tier)
+    assert wrong.detail == "AssertionError (line 1 of the tests)"
+    raising = run_tests("def f(x):\n    raise ValueError('bad x')\n", TESTS, isolation=tier)
+    assert raising.detail == "the program raised ValueError: bad x"
+    memory = run_tests("def f(x):\n    return bytearray(10**12)\n", TESTS, isolation=tier, memory_mb=200)
+    assert memory.status == "memory"
+
+
+def test_setup_helpers_are_trusted_and_the_program_is_called_by_any_name(tier):
+    """HumanEval's checks call prompt helpers (poly) and sometimes the entry point by its own name."""
+    setup = "def twice(v):\n    return 2 * v\ndef f(x):\n    pass\n"  # a stub, replaced by the program's f
+    tests = sandbox.Tests(
+        "assert f(2) == twice(3)\nassert check(f)\n", ("f",), setup + "def check(g):\n    return g(1) == 5\n"
+    )
+    assert run_tests("def twice(v):\n    return 0\ndef f(x):\n    return x + 4\n", tests, isolation=tier).ok
+    assert not run_tests(
+        "def f(x):\n    return twice(3)\n", tests, isolation=tier
+    ).ok  # no twice in the sandbox
+
+
+PLAIN = [
+    None,
+    True,
+    False,
+    0,
+    -(10**100),
+    2**63,
+    0.1,
+    -0.0,
+    math.inf,
+    -math.inf,
+    "",
+    "naïve \u2603 \ud800 \n\"'",
+    b"\x00\xff",
+    [],
+    (),
+    (1,),
+    [1, (2, [3.5, "x"]), {"k": {1, 2}}],
+    {1: "a", (2, 3): [None], "b": b"", frozenset({1}): {}},
+    {1, "1", (1, 2)},
+    frozenset(),
+]
+
+
+def shape(value: object) -> object:
+    """A value's exact types and contents, sets in a fixed order (their order varies between processes)."""
+    if isinstance(value, set | frozenset):
+        return type(value).__name__, sorted(map(repr, map(shape, value)))
+    if isinstance(value, dict):
+        return "dict", [(shape(k), shape(v)) for k, v in value.items()]
+    if isinstance(value, list | tuple):
+        return type(value).__name__, [shape(v) for v in value]
+    return type(value).__name__, repr(value)
+
+
+def test_plain_data_round_trips_exactly(tier):
+    def echo_all(remote):
+        return [remote.call("echo", value) for value in PLAIN] + [remote.call("echo", math.nan)]
+
+    result, echoed = run_remote("def echo(x):\n    return x\n", echo_all, isolation=tier)
+    assert result.ok and echoed[:-1] == PLAIN and math.isnan(echoed[-1])
+    assert [shape(v) for v in echoed[:-1]] == [shape(v) for v in PLAIN]  # tuples stay tuples, -0.0, bools
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"NaN",
+        b"[Infinity]",
+        b"1" + b"0" * 4300,
+        b'{"t": [1], "s": [2]}',
+        b'{"x": 1}',
+        b'{"t": 1}',
+        b'{"d": [[1, 2, 3]]}',
+        b'{"d": [[[1], 2]]}',
+        b'{"s": [[1]]}',
+        b'{"s": ' + json.dumps(list(range(wire.MAX_ITEMS + 1))).encode() + b"}",
+        b'{"b": "zz"}',
+        b'{"f": "1e3"}',
+        b'{"r": "looks like 3"}',
+        b"[" * 50_000 + b"]" * 50_000,
+        b"not json",
+    ],
+)
+def test_the_decoder_refuses_anything_but_plain_data(line):
+    with pytest.raises(ValueError):
+        wire.decode(wire.loads(line))
+
+
+def test_values_that_are_not_plain_data_are_errors_or_display_only():
+    class Custom:
+        pass
+
+    with pytest.raises(TypeError, match="a Custom is not plain data"):
+        wire.encode([1, Custom()])
+    encoded = wire.encode([1, Custom()], describe=lambda v: "<Custom>")
+    shown = wire.decode(wire.loads(wire.dumps(encoded)), opaque=True)
+    assert repr(shown) == "[1, <Custom>]" and shown[1] != shown[1].__class__("<Custom>")
+    with pytest.raises(TypeError, match="no truth value"):
+        bool(shown[1])
+
+
+def test_a_program_error_is_one_line_and_bounded():
+    err = ProgramError("Value\nError" * 50, "line one\nline two " * 100)
+    assert "\n" not in str(err) and len(str(err)) < 400
 
 
 GUARDED_ESCAPES = {

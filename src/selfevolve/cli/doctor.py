@@ -57,14 +57,15 @@ def main(
         console.print(f"  {package:<13} {_version(package)}")
     console.print(f"torch threads {torch.get_num_threads()}, device {resolve_device()}")
     console.print(f"cache {cache_dir()} ({_folder_size(cache_dir()) / 2**20:.0f} MiB)")
-    from selfevolve.sandbox import available_isolations
+    from selfevolve.sandbox import available_isolations, isolation_warning
 
     tiers = available_isolations()
-    hint = "" if "bwrap" in tiers else " (install bubblewrap for the strongest tier)"
     if tiers:
-        console.print(f"sandbox isolation {', '.join(tiers)}; runs use {tiers[0]}{hint}")
+        console.print(f"sandbox isolation {', '.join(tiers)}; runs use {tiers[0]}")
     else:
-        console.print("sandbox isolation: no tier works here, so generated code cannot be run" + hint)
+        console.print("sandbox isolation: no tier works here, so generated code cannot be run")
+    if isolation_warning():  # logged as a warning too
+        console.print("[bold red]the sandbox is not a security boundary here: install bubblewrap[/bold red]")
     table = Table(title="models")
     for column in ("name", "status", "load s", "detail"):
         table.add_column(column)

@@ -50,14 +50,16 @@ def main(
         pass_at_k_table,
         summarize,
     )
-    from selfevolve.sandbox import available_isolations
+    from selfevolve.sandbox import available_isolations, isolation_warning
 
     if suite not in SUITES:
         raise SelfEvolveError(f"unknown suite {suite!r}; available: {', '.join(SUITES)}")
     ks = parse_ks(k)
     tasks = load_humaneval(problems)
     items = load_samples(samples, tasks)
-    results = evaluate_samples(tasks, items, workers=workers, timeout_s=timeout, progress=progress)
+    results = evaluate_samples(  # the sandbox logs a warning when bubblewrap is missing
+        tasks, items, workers=workers, timeout_s=timeout, progress=progress
+    )
     scores = pass_at_k_table(results, ks)
     attempted = len({r.task_id for r in results})
     table = Table(title=f"{suite}: {len(results)} samples, {attempted} of {len(tasks)} tasks")
@@ -67,7 +69,8 @@ def main(
         table.add_row(f"pass@{key}", f"{value:.4f}")
     for status, count in sorted(summarize(results).items()):
         table.add_row(status, str(count))
-    table.add_row("isolation", available_isolations()[0])
+    weak = " (not a security boundary: see the warning)" if isolation_warning() else ""
+    table.add_row("isolation", available_isolations()[0] + weak)
     Console().print(table)
     skipped = [key for key in ks if key not in scores]
     if skipped:

