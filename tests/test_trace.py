@@ -373,7 +373,7 @@ def test_objects_show_their_attributes_and_long_values_are_cut():
             digits = "7" * n  # (7) digits='7'
             return box, digits, make  # (8) __return__=(<__program__.Box object>, '7', <function make>)
         # call: make(1)
-        # returned: (<__program__.Box object>, '7', <function make>)
+        # returned: (Box(items=[1]), '7', <function make>)
         """)
     cut = rendered(program, "make(100)", value_width=12).splitlines()
     assert cut[10:12] == [
@@ -452,6 +452,60 @@ def test_programs_that_fail_to_load_or_kill_themselves():
 def test_the_program_output_is_captured_not_mixed_in():
     trace = trace_call("def f():\n    print('@@selfevolve-trace@@ hi')\n    return 2\n", "f()")
     assert trace.value == "2" and trace.output == "@@selfevolve-trace@@ hi\n"
+
+
+def test_a_forged_result_is_not_taken():
+    """The old channel (a sentinel line on stdout, then exit 0) and fake lines on every descriptor: the call
+    never returned, so there is no value, whatever the program wrote."""
+    forged = b'@@selfevolve-trace@@{"status": "returned", "value": "42", "steps": 0, "seconds": 0.0}\n'
+    lines = [forged, b'["returned", 42]\n', b'{"value": 42}\n']
+    program = (
+        "import os\n\ndef f(x):\n    for fd in range(1, 64):\n"
+        f"        for line in {lines!r}:\n"
+        "            try:\n                os.write(fd, line)\n            except OSError:\n                pass\n"
+        "    os._exit(0)\n"
+    )
+    for call in ("f(1)", "assert f(1) == 42"):
+        trace = trace_call(program, call)
+        assert trace.status in ("raised", "killed") and trace.value is None, trace
+        assert not trace.render().endswith(("# returned: 42\n", "# completed\n"))
+
+
+def test_the_call_is_judged_outside_the_program():
+    """The statement runs in the harness: the program's patched builtins are its own, and a value that only
+    pretends to be equal is not data."""
+    program = code("""
+        import builtins
+
+        builtins.AssertionError = type("Quiet", (Exception,), {})
+        builtins.abs = lambda x: 3
+
+        class Yes(int):
+            def __eq__(self, other):
+                return True
+
+            __hash__ = int.__hash__
+
+        def f(x):
+            return Yes(-x)
+
+        def g(x):
+            return object()
+        """)
+    failed = trace_call(program, "assert abs(f(1)) == 3")
+    assert (failed.status, failed.exception) == ("raised", "AssertionError")
+    opaque = trace_call(program, "assert g(1) == 1")
+    assert opaque.status == "raised" and opaque.exception == "AssertionError"
+    assert trace_call(program, "g(1)").value == "<object object>"
+    assert trace_call(program, "f(2)").returns == ("-2",)
+
+
+def test_calls_see_only_the_programs_functions_and_plain_data():
+    program = "LIMIT = 3\nclass Box:\n    pass\ndef f(x):\n    return x\ndef abs(x):\n    return 0\n"
+    assert trace_call(program, "abs(f(-2))").value == "2"  # the builtin, not the program's abs
+    assert trace_call(program, "f(LIMIT)").exception == "NameError: name 'LIMIT' is not defined"
+    passed = trace_call(program, "f(f)")
+    assert passed.status == "raised" and "is not plain data" in passed.exception
 
 
 def test_trace_many_keeps_the_order():

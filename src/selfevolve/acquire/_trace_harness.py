@@ -1,13 +1,15 @@
 """The tracing harness: runs *inside* the sandboxed interpreter, so it uses the standard library only.
 
-The parent appends ``main(REQUEST)``, REQUEST being a JSON object (``source``, ``setup``, ``call``, ``trace``,
-``starts``, ``pure`` and the limits). The harness loads the program from ``source`` (untraced), runs ``setup``
-(untraced: test helpers), then runs ``call`` with ``sys.settrace`` watching every frame whose code comes from
-the program. For each run of a program statement it records the global execution-order index, the call id and
-depth of its frame, and the local variables the statement changed (reprs, cut to ``width``), plus returned and
-yielded values and exceptions. Only the first and last few runs of each line are kept, so memory stays bounded
-on long loops, and values are only turned into text for those. The answer is printed after :data:`SENTINEL` as
-one JSON line of at most :data:`MAX_ANSWER` characters; the program's own output is captured, never mixed in.
+The sandbox serves its functions (:func:`selfevolve.sandbox.run_remote`) to the tracer's trusted side, which
+evaluates the call or test statement itself, outside the sandbox: :func:`load` loads the program (untraced),
+:func:`begin` starts one evaluation, :func:`call` runs one call of a program function under ``sys.settrace``,
+watching every frame whose code comes from the program, and :func:`finish` writes the trace out. For each run
+of a program statement the tracer records the global execution-order index, the call id and depth of its frame,
+and the local variables the statement changed (reprs, cut to ``width``), plus returned and yielded values and
+exceptions. Only the first and last few runs of each line are kept, so memory stays bounded on long loops, and
+values are only turned into text for those; the trace is at most :data:`MAX_ANSWER` characters of JSON. The
+program's own output is captured, never mixed in. All of this is the program's own process reporting on itself:
+the trusted side takes the call's outcome from the values it receives, not from anything written here.
 """
 
 import contextlib
@@ -22,9 +24,9 @@ import time
 import types
 from collections import deque
 
-SENTINEL = "@@selfevolve-trace@@"
 PROGRAM = "<program>"
-MAX_ANSWER = 48_000  # characters; the sandbox keeps 64 KB of stdout
+MAX_ANSWER = 48_000  # characters of the trace as JSON
+SHOWN = 400  # characters of the text that stands for a returned value that is not plain data
 ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # object addresses change from run to run
 MODULE_PATH = re.compile(r"(<module '[^']*') from '[^']*'>")  # where a module was loaded from: noise
 BIG, PREFIX = 200, 64  # containers of more than BIG items are compared by length and first PREFIX items only
@@ -99,13 +101,18 @@ def hidden(name):
     return name[0] == "." or (name[:2] == "__" and name[-2:] == "__")
 
 
+def message(err):
+    """``str(err)``, or "" when that raises."""
+    try:
+        return str(err)
+    except BaseException:
+        return ""
+
+
 def describe(err):
     """``Type: message``, or just ``Type`` when the message is empty."""
-    try:
-        message = str(err)
-    except BaseException:
-        message = ""
-    return f"{type(err).__name__}: {message}" if message else type(err).__name__
+    text = message(err)
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 class Frame:
@@ -216,7 +223,7 @@ class Tracer:
             events = [*first, *last]
             for event in events:
                 event[4] = [[name, self.text(value, key)] for name, value, key in event[4]]
-            lines[str(line)] = [count, events[: len(first)], events[len(first) :]]
+            lines[line] = [count, events[: len(first)], events[len(first) :]]
         return lines
 
     def on_call(self, frame, event, arg):
@@ -317,66 +324,74 @@ class Tracer:
                 self.depth -= 1
 
 
-def run(request, answer):
-    """Load the program, then run (and trace) the call ``repeat`` times; fills ``answer``.
+STATE = {}  # the loaded program, the request's settings and the evaluation under way
 
-    ``seconds`` is the fastest of the repeats, writing the trace out included; the trace is the last repeat's.
-    """
-    width = request["width"]
-    namespace = {"__name__": "__program__"}
+
+def load(request):
+    """Load the program from ``request["source"]`` (untraced) and keep the request's settings (``starts``,
+    ``pure``, ``width``, ``first``, ``last``, ``max_steps``, ``time_limit_s``, ``trace``, ``output_chars``).
+    None, or "Type: message" when the program failed to load."""
+    STATE.update(
+        request, namespace={"__name__": "__program__"}, output=io.StringIO(), tracer=None, seconds=0.0
+    )
     try:
-        exec(compile(request["source"], PROGRAM, "exec"), namespace)
-        exec(compile(request["setup"], "<setup>", "exec"), namespace)
+        with contextlib.redirect_stdout(STATE["output"]), contextlib.redirect_stderr(STATE["output"]):
+            exec(compile(request["source"], PROGRAM, "exec"), STATE["namespace"])
     except BaseException as err:
-        answer.update(status="error", exception=clip(describe(err), width))
-        return
-    try:
-        code, expression = compile(request["call"], "<call>", "eval"), True
-    except SyntaxError:
-        code, expression = compile(request["call"], "<call>", "exec"), False
-    starts = {int(line): start for line, start in request["starts"].items()}
-    pure = {int(line): names for line, names in request["pure"].items()}
-    tracer, fastest = None, float("inf")
-    for _ in range(request["repeat"]):
-        began = time.perf_counter()
-        if request["trace"]:
-            limits = request["first"], request["last"], request["max_steps"], began + request["time_limit_s"]
-            tracer = Tracer(starts, pure, width, *limits)
+        return clip(describe(err), request["width"])
+    return None
+
+
+def begin():
+    """Start one evaluation of the call: a fresh tracer (when tracing), whose deadline starts now."""
+    if STATE["trace"]:
+        deadline = time.perf_counter() + STATE["time_limit_s"]
+        limits = STATE["first"], STATE["last"], STATE["max_steps"], deadline
+        STATE["tracer"] = Tracer(STATE["starts"], STATE["pure"], STATE["width"], *limits)
+    STATE["seconds"] = 0.0
+
+
+def call(name, args, kwargs):
+    """The program's function ``name`` called with ``args`` and ``kwargs``, traced when tracing:
+    ``["returned", value]``, ``["raised", type name, message]`` or ``["limit"]`` (too many steps, or late)."""
+    tracer = STATE["tracer"]
+    output = STATE["output"]
+    began = time.perf_counter()
+    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+        if tracer is not None:
             sys.settrace(tracer.on_call)
         try:
-            value = eval(code, namespace)
-            answer.update(status="returned" if expression else "completed")
-            answer["value"] = clip(show(value), width) if expression else None
+            return ["returned", STATE["namespace"][name](*args, **kwargs)]
         except StepLimit:
-            answer["status"] = "limit"
+            return ["limit"]
         except BaseException as err:
-            answer.update(status="raised", exception=clip(describe(err), width))
+            return ["raised", type(err).__name__, clip(message(err), STATE["width"])]
         finally:
             sys.settrace(None)
-            if tracer is not None:
-                answer.update(steps=tracer.steps, lines=tracer.rendered())
-            fastest = min(fastest, time.perf_counter() - began)
-    answer["seconds"] = fastest
+            STATE["seconds"] += time.perf_counter() - began
+
+
+def finish():
+    """The evaluation's trace, ``{"steps", "lines", "seconds", "output"}``; ``seconds`` is the time spent in
+    the program's calls plus writing the trace out."""
+    began = time.perf_counter()
+    tracer = STATE["tracer"]
+    answer = {"steps": tracer.steps if tracer else 0, "lines": tracer.rendered() if tracer else {}}
+    fit(answer, STATE["width"])
+    answer["seconds"] = STATE["seconds"] + time.perf_counter() - began
+    answer["output"] = STATE["output"].getvalue()[: STATE["output_chars"]]
+    return answer
+
+
+def shown(value):
+    """The text that stands for a returned value that is not plain data (the sandbox's ``describe``)."""
+    return clip(show(value), SHOWN)
 
 
 def fit(answer, width):
-    """The answer as JSON of at most MAX_ANSWER characters: values are cut shorter, then dropped, if need be."""
-    text = json.dumps(answer)
-    while len(text) > MAX_ANSWER and "lines" in answer and width:
+    """Cut the trace's values shorter, then drop them, until the answer is at most MAX_ANSWER characters."""
+    while len(json.dumps(answer)) > MAX_ANSWER and width:
         width = width // 2 if width >= 16 else 0
         for _, first, last in answer["lines"].values():
             for event in first + last:
                 event[4] = [[name, clip(value, width)] for name, value in event[4]] if width else []
-        text = json.dumps(answer)
-    return text
-
-
-def main(request_json):
-    request = json.loads(request_json)
-    answer = {"status": "returned", "value": None, "exception": None, "steps": 0, "seconds": 0.0}
-    captured = io.StringIO()
-    with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
-        run(request, answer)
-    answer["output"] = captured.getvalue()[: request["output_chars"]]
-    sys.stdout.write("\n" + SENTINEL + fit(answer, request["width"]) + "\n")
-    sys.stdout.flush()

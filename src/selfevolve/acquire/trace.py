@@ -1,8 +1,11 @@
 """Execution traces written inline as comments, the way NExT shows a model what its code did.
 
 NExT (https://arxiv.org/abs/2404.14662) teaches a model to reason about execution by putting a program's runtime
-state next to its lines. :func:`trace_call` runs a call (``f(3, [1, 2])``, or a test statement) in the sandbox
-under ``sys.settrace`` (``_trace_harness.py`` runs inside it) and returns a :class:`Trace`; :meth:`Trace.render`
+state next to its lines. :func:`trace_call` runs the program in the sandbox and evaluates a call (``f(3, [1,
+2])``, or a test statement) outside it, like :func:`selfevolve.sandbox.run_tests` judges tests: each call of a
+program function goes to the sandbox, runs there under ``sys.settrace`` (``_trace_harness.py``), and its value
+comes back as plain data. So the outcome (returned, completed, raised) is decided outside the program's process
+and it cannot forge it; the per-line trace is what its process reports about itself. :meth:`Trace.render`
 writes the program back with, on each executed line, the execution-order index of each run of that line and
 the local variables it changed::
 
@@ -14,6 +17,10 @@ the local variables it changed::
     # call: total([1, 2])
     # returned: 3
 
+The call can use the program's top-level functions (not names of builtins it redefines), with plain-data
+arguments (numbers, strings, bytes, lists, tuples, dicts, sets, None), and whatever ``setup`` defines; a value
+the program returns that is not plain data is shown by its repr, and compares equal to nothing.
+
 ``__return__``, ``__yield__`` and ``__exception__`` mark returned and yielded values and raised exceptions. A
 line run many times shows its first and last runs with "… (k more)" between. The inline trace (comments and
 outcome) always fits :attr:`TraceConfig.token_budget`: the renderer shortens values, then shows fewer runs, then
@@ -23,19 +30,21 @@ drops values, then keeps only run counts, never cutting a comment mid-way.
 from __future__ import annotations
 
 import ast
-import contextlib
+import builtins
+import functools
 import io
-import json
 import math
+import os
 import tokenize
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from selfevolve.errors import SelfEvolveError
+from selfevolve.sandbox import ProgramError, Remote, RunResult, Stopped
 
-HARNESS = Path(__file__).with_name("_trace_harness.py").read_text()  # runs inside the sandbox
-SENTINEL = "@@selfevolve-trace@@"  # the harness prints its JSON answer after this marker
+HARNESS = Path(__file__).with_name("_trace_harness.py").read_text()  # served inside the sandbox
 MIN_WIDTH = 8  # the narrowest a value is ever shortened to
 
 TokenCounter = Callable[[str], int]
@@ -100,6 +109,7 @@ class Trace:
     lines: dict[int, LineTrace]
     timeout_s: float = 0.0  # the run's time limit (for the outcome line)
     wall_s: float = 0.0  # the whole sandboxed run, interpreter start to exit
+    returns: tuple[str, ...] = ()  # what each call of a program function returned to the call, in order
 
     @property
     def events(self) -> list[TraceEvent]:
@@ -318,61 +328,177 @@ def check_call(call: str) -> None:
             ) from None
 
 
-def _request(program: str, call: str, setup: str, config: TraceConfig, traced: bool, repeat: int) -> str:
+def program_functions(program: str) -> list[str]:
+    """The names the call may use from the program: its top-level ``def`` s and ``name = lambda`` s, except
+    names of builtins (a program that redefines ``abs`` does not change what the call's ``abs`` is)."""
+    names = []
+    for node in ast.parse(program).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            names.append(node.name)
+        elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Lambda):
+            names += [t.id for t in node.targets if isinstance(t, ast.Name)]
+    return [name for name in dict.fromkeys(names) if not hasattr(builtins, name)]
+
+
+def show(value: object) -> str:
+    """``repr`` of a value received from the sandbox, with sets in sorted order (their order would otherwise
+    change from one harness process to the next)."""
+    if isinstance(value, set | frozenset) and value:
+        try:
+            items = sorted(value)
+        except TypeError:
+            items = sorted(value, key=repr)
+        inner = "{" + ", ".join(map(show, items)) + "}"
+        return inner if type(value) is set else f"frozenset({inner})"
+    if type(value) is list:
+        return "[" + ", ".join(map(show, value)) + "]"
+    if type(value) is tuple:
+        return "(" + ", ".join(map(show, value)) + ("," if len(value) == 1 else "") + ")"
+    if type(value) is dict:
+        return "{" + ", ".join(f"{show(k)}: {show(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def describe(err: BaseException) -> str:
+    """``Type: message`` (just ``Type`` when the message is empty); the program's own text for its exceptions."""
+    if isinstance(err, ProgramError):
+        return str(err)
+    message = str(err)
+    return f"{type(err).__name__}: {message}" if message else type(err).__name__
+
+
+class _Limit(BaseException):
+    """The tracer stopped the program (max_steps, or its own deadline): ends the evaluation of the call."""
+
+
+def _load_request(program: str, config: TraceConfig, traced: bool) -> dict:
     starts = {line: start for line, start in logical_lines(program)[0].items() if line != start}
-    return json.dumps(
-        {
-            "source": program,
-            "starts": starts,
-            "pure": pure_lines(program),
-            "setup": setup,
-            "call": call,
-            "trace": traced,
-            "width": config.value_width,
-            "first": config.first,
-            "last": config.last,
-            "max_steps": config.max_steps,
-            "time_limit_s": 0.8 * config.timeout_s,  # leaves time to print the trace before the sandbox kills
-            "output_chars": 4_000,
-            "repeat": repeat,
-        }
-    )
-
-
-def _parse(program: str, call: str, config: TraceConfig, result) -> Trace:
-    """A :class:`Trace` from the sandbox's run of the harness."""
-    answer = None
-    for line in reversed(result.stdout.splitlines()):  # the answer is the last line that starts with it
-        if line.startswith(SENTINEL):
-            with contextlib.suppress(ValueError):
-                answer = json.loads(line[len(SENTINEL) :])
-            break
-    if answer is None:
-        status = "timeout" if result.status == "timeout" else "killed"
-        reason = (result.stderr.strip().splitlines() or [f"the sandbox reported {result.status}"])[-1]
-        return Trace(program, call, status, None, reason, 0, 0.0, "", {}, config.timeout_s, result.wall_s)
-    lines = {
-        int(number): LineTrace(
-            count,
-            tuple(
-                TraceEvent(index, line, call_id, depth, tuple((n, v) for n, v in changes))
-                for index, line, call_id, depth, changes in [*first, *last]
-            ),
-        )
-        for number, (count, first, last) in answer.get("lines", {}).items()
+    return {
+        "source": program,
+        "starts": starts,
+        "pure": pure_lines(program),
+        "trace": traced,
+        "width": config.value_width,
+        "first": config.first,
+        "last": config.last,
+        "max_steps": config.max_steps,
+        "time_limit_s": 0.8 * config.timeout_s,  # leaves time to write the trace out before the time limit
+        "output_chars": 4_000,
     }
+
+
+def _drive(job: tuple[str, str, str], config: TraceConfig, traced: bool, repeat: int, remote: Remote) -> dict:
+    """The trusted side of one trace: load the program, run ``setup`` and evaluate the call here, each call
+    of a program function answered by the sandbox; the fields of the :class:`Trace` it makes."""
+    program, call, setup = job
+    width = config.value_width
+    try:
+        failure = remote.call("load", _load_request(program, config, traced))
+        if failure is not None:
+            return {"status": "error", "exception": shorten(str(failure), width)}
+        returns: list[str] = []
+        namespace: dict = {"__name__": "__call__"}
+        for name in program_functions(program):
+            namespace[name] = functools.partial(_forward, remote, name, returns)
+        try:
+            exec(compile(setup, "<setup>", "exec"), namespace)
+        except Exception as err:
+            return {"status": "error", "exception": shorten(describe(err), width)}
+        try:
+            code, expression = compile(call, "<call>", "eval"), True
+        except SyntaxError:
+            code, expression = compile(call, "<call>", "exec"), False
+        answer: dict = {}
+        fastest = math.inf
+        for _ in range(repeat):
+            remote.call("begin")
+            returns.clear()
+            answer = {"status": "completed", "value": None, "exception": None}
+            try:
+                value = eval(code, namespace)
+                if expression:
+                    answer.update(status="returned", value=shorten(show(value), width))
+            except _Limit:
+                answer["status"] = "limit"
+            except Exception as err:
+                answer.update(status="raised", exception=shorten(describe(err), width))
+            answer.update(_finished(remote.call("finish")), returns=tuple(returns))
+            fastest = min(fastest, answer["seconds"])
+        answer["seconds"] = fastest
+        return answer
+    except Stopped as stop:
+        return {"status": "timeout" if stop.timeout else "killed"}
+    except ProgramError as err:  # an answer of the harness that is not what it should be
+        return {"status": "killed", "exception": shorten(str(err), width)}
+
+
+def _forward(remote: Remote, name: str, returns: list[str], /, *args: object, **kwargs: object) -> object:
+    """A call of the program's function ``name`` from the call being traced: run (and traced) in the sandbox."""
+    reply = remote.call("call", name, list(args), kwargs)
+    if type(reply) is list and len(reply) == 2 and reply[0] == "returned":
+        returns.append(show(reply[1]))
+        return reply[1]
+    if reply == ["limit"]:
+        raise _Limit
+    if type(reply) is list and len(reply) == 3 and reply[0] == "raised":
+        raise ProgramError(str(reply[1]), str(reply[2]))
+    raise ProgramError("an answer that is neither a value nor an exception")
+
+
+def _finished(info: object) -> dict:
+    """The trace fields of the harness's ``finish`` answer; a trace that does not have their shape is dropped."""
+    empty = {"steps": 0, "seconds": 0.0, "output": "", "lines": {}}
+    if type(info) is not dict or type(info.get("lines")) is not dict:
+        return empty
+    steps, seconds, output = info.get("steps"), info.get("seconds"), info.get("output")
+    if not (type(steps) is int and type(seconds) is float and type(output) is str):
+        return empty
+    lines = {}
+    for number, entry in info["lines"].items():
+        if not (type(number) is int and type(entry) is list and len(entry) == 3 and type(entry[0]) is int):
+            return empty
+        events = (
+            [_event_of(e) for e in entry[1] + entry[2]] if type(entry[1]) is type(entry[2]) is list else []
+        )
+        if None in events or not events:
+            return empty
+        lines[number] = LineTrace(entry[0], tuple(events))
+    return {"steps": steps, "seconds": seconds, "output": output, "lines": lines}
+
+
+def _event_of(data: object) -> TraceEvent | None:
+    """A :class:`TraceEvent` from ``[index, line, call, depth, [[name, repr], ...]]``, or None."""
+    if type(data) is not list or len(data) != 5 or not all(type(x) is int for x in data[:4]):
+        return None
+    changes = data[4]
+    if type(changes) is not list or not all(
+        type(c) is list and len(c) == 2 and type(c[0]) is type(c[1]) is str for c in changes
+    ):
+        return None
+    return TraceEvent(*data[:4], tuple((name, text) for name, text in changes))
+
+
+def _trace(job: tuple[str, str, str], config: TraceConfig, result: RunResult, answer: dict | None) -> Trace:
+    program, call, _ = job
+    answer = answer or {"status": "timeout" if result.status == "timeout" else "killed"}
+    exception = answer.get("exception")
+    if answer["status"] in ("timeout", "killed") and exception is None:
+        exception = (
+            result.stderr.strip().splitlines() or [result.detail or f"the sandbox said {result.status}"]
+        )[-1]
     return Trace(
         program,
         call,
         answer["status"],
-        answer["value"],
-        answer["exception"],
-        answer["steps"],
-        answer["seconds"],
-        answer["output"],
-        lines,
+        answer.get("value"),
+        exception,
+        answer.get("steps", 0),
+        answer.get("seconds", 0.0),
+        answer.get("output", ""),
+        answer.get("lines", {}),
         config.timeout_s,
         result.wall_s,
+        answer.get("returns", ()),
     )
 
 
@@ -385,20 +511,23 @@ def trace_many(
     workers: int | None = None,
 ) -> list[Trace]:
     """:func:`trace_call` for many ``(program, call, setup)`` jobs, ``workers`` sandboxes at a time."""
-    from selfevolve.sandbox import run_many
+    from selfevolve.sandbox import run_remote
 
     config = config or TraceConfig()
     for program, call, _ in jobs:
         check_program(program)
         check_call(call)
-    codes = [
-        f"{HARNESS}\nmain({_request(program, call, setup, config, traced, repeat)!r})\n"
-        for program, call, setup in jobs
-    ]
-    results = run_many(
-        codes, workers=workers, timeout_s=config.timeout_s * repeat, memory_mb=config.memory_mb
-    )
-    return [_parse(program, call, config, result) for (program, call, _), result in zip(jobs, results)]
+
+    def one(job: tuple[str, str, str]) -> Trace:
+        driver = functools.partial(_drive, job, config, traced, repeat)
+        timeout_s, memory_mb = config.timeout_s * repeat, config.memory_mb
+        result, answer = run_remote(
+            HARNESS, driver, describe="shown", timeout_s=timeout_s, memory_mb=memory_mb
+        )
+        return _trace(job, config, result, answer)
+
+    with ThreadPoolExecutor(max_workers=workers or len(os.sched_getaffinity(0))) as pool:
+        return list(pool.map(one, jobs))
 
 
 def trace_call(
@@ -410,10 +539,12 @@ def trace_call(
     traced: bool = True,
     repeat: int = 1,
 ) -> Trace:
-    """Run ``call`` (an expression, or statements such as a test's ``assert``) on ``program`` in the sandbox.
+    """Run ``program`` in the sandbox and evaluate ``call`` (an expression, or statements such as a test's
+    ``assert``) outside it, on the program's functions.
 
-    ``setup`` (test helpers) runs after the program; only the program's own frames are traced, not ``setup``
-    nor the call itself. ``traced=False`` runs the same harness without the tracer (overhead, results);
-    ``repeat`` runs the call that many times and keeps the fastest time (the trace is the last run's).
+    ``setup`` (test helpers) runs before the call, outside the sandbox too; only the program's own frames are
+    traced, and only during the call. ``traced=False`` runs the same harness without the tracer (overhead,
+    results); ``repeat`` evaluates the call that many times and keeps the fastest time (the trace is the last
+    run's).
     """
     return trace_many([(program, call, setup)], config, traced=traced, repeat=repeat, workers=1)[0]

@@ -1,4 +1,4 @@
-"""``selfevolve trace FILE.py --call "f(3, [1, 2])"``: run a call in the sandbox and print its inline trace."""
+"""``selfevolve trace FILE.py --call "f(3, [1, 2])"``: trace a call of a program run in the sandbox."""
 
 from __future__ import annotations
 
@@ -12,18 +12,20 @@ from selfevolve.errors import SelfEvolveError
 
 
 def _undefined(program: str, call: str) -> list[str]:
-    """Names the call reads that neither the program, the call itself nor the builtins define."""
-    bound = set(dir(builtins))
-    for tree in (ast.parse(program), ast.parse(call)):
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
-                bound.add(node.id)
-            elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-                bound.add(node.name)
-            elif isinstance(node, ast.alias):
-                bound.add((node.asname or node.name).split(".")[0])
-            elif isinstance(node, ast.arg):
-                bound.add(node.arg)
+    """Names the call reads that neither the program's top-level functions, the call itself nor the builtins
+    define (the call is evaluated outside the sandbox, so it sees nothing else of the program)."""
+    from selfevolve.acquire.trace import program_functions
+
+    bound = set(dir(builtins)) | set(program_functions(program))
+    for node in ast.walk(ast.parse(call)):
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            bound.add(node.id)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.add(node.name)
+        elif isinstance(node, ast.alias):
+            bound.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
     used = [
         n.id for n in ast.walk(ast.parse(call)) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
     ]
@@ -63,7 +65,8 @@ def main(
     missing = _undefined(program, call)
     if missing:
         raise SelfEvolveError(
-            f"--call uses {', '.join(missing)}, which {file} does not define; call one of its functions"
+            f"--call uses {', '.join(missing)}, which is not a top-level function of {file}; the call runs "
+            "outside the sandbox and can call the program's functions with plain-data arguments"
         )
     try:
         config = TraceConfig(
@@ -76,7 +79,7 @@ def main(
         )
     except ValueError as err:
         raise SelfEvolveError(f"{err}; see selfevolve trace --help") from None
-    trace = trace_call(program, call, config)
+    trace = trace_call(program, call, config)  # the sandbox logs a warning when bubblewrap is missing
     typer.echo(trace.render(config), nl=False)
     if trace.output:
         typer.echo(f"# the program printed:\n{trace.output.rstrip()}", err=True)
