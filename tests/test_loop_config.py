@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from selfevolve.errors import SelfEvolveError
@@ -134,3 +136,11 @@ def test_guards_hold_within_their_tolerance():
     assert drop.violation(0.7, 1.0) == "retention.recall fell to 0.7 from 1 (allowed: 0.25)"
     both = Guard("heldout_qa.f1", max_increase=0.0, max_decrease=0.0)
     assert both.violation(0.5, 0.5) is None and "rose" in both.violation(0.51, 0.5)
+
+
+@pytest.mark.parametrize("name", ["knowledge-loop.yaml", "repair-loop.yaml"])
+def test_the_example_configs_load(name, monkeypatch):
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # their data paths are relative to the repository root
+    config = load_run_config(root / "examples" / name)
+    assert config.model == "smollm2-135m-instruct" and config.iterations == 2 and config.guards

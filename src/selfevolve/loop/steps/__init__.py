@@ -6,18 +6,30 @@ A step is a dataclass (its fields are its config) with a ``PHASE``, the ``METRIC
 
 from __future__ import annotations
 
-from selfevolve.loop.steps.acquire import Documents, FictionalDocuments, SynthesizeQA
-from selfevolve.loop.steps.evaluate import HeldoutQA, Retention
-from selfevolve.loop.steps.refine import GroundingFilter
-from selfevolve.loop.steps.update import SFT, SelfParam
+from selfevolve.loop.steps.acquire import (
+    Documents,
+    FictionalDocuments,
+    RepairProblems,
+    SampleRepairs,
+    SynthesizeQA,
+)
+from selfevolve.loop.steps.evaluate import HeldoutQA, RepairFixRate, Retention
+from selfevolve.loop.steps.refine import CodeJudgeFilter, ExecutionFilter, GroundingFilter
+from selfevolve.loop.steps.update import SFT, RepairSFT, SelfParam
 
 STEPS: dict[str, type] = {
     "fictional_documents": FictionalDocuments,
     "documents": Documents,
     "synthesize_qa": SynthesizeQA,
+    "repair_problems": RepairProblems,
+    "sample_repairs": SampleRepairs,
     "grounding_filter": GroundingFilter,
+    "execution_filter": ExecutionFilter,
+    "codejudge_filter": CodeJudgeFilter,
     "selfparam": SelfParam,
     "sft": SFT,
+    "repair_sft": RepairSFT,
     "heldout_qa": HeldoutQA,
     "retention": Retention,
+    "repair_fix_rate": RepairFixRate,
 }

@@ -1,12 +1,14 @@
-"""Acquire steps: documents to learn from, and the QA pairs and statements SELF-PARAM synthesizes about them.
+"""Acquire steps: documents and the QA pairs SELF-PARAM synthesizes about them; NExT's traced repair problems
+and the model's sampled repairs.
 
-Every document is stored as an experience of task ``document`` (prompt: its title, response: its text); every
-synthesized item as one of task ``qa`` whose parent is its document.
+Every document is stored as an experience of task ``document`` (prompt: its title, response: its text), every
+synthesized item as one of task ``qa`` whose parent is its document; a repair problem as ``repair-problem``
+(the whole problem in its metadata), a sampled repair as ``repair`` whose parent is its problem.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -18,9 +20,21 @@ from selfevolve.acquire.knowledge import (
     load_questions,
 )
 from selfevolve.acquire.synthesize import SynthesisConfig, synthesize
+from selfevolve.acquire.trace import token_counter
 from selfevolve.errors import SelfEvolveError
+from selfevolve.evaluate.humaneval import Problem, load_humaneval
 from selfevolve.loop.state import LoopState, StepResult
 from selfevolve.store import Experience
+from selfevolve.update.repair import (
+    CLOSING_FENCE,
+    RepairConfig,
+    RepairProblem,
+    build_problems,
+    extract_fix,
+    repair_prompt,
+    repair_request,
+    split_tasks,
+)
 
 DOCUMENT = "document"
 QA = "qa"
@@ -157,3 +171,117 @@ class SynthesizeQA:
         for item in items:
             sources[item.source] = sources.get(item.source, 0) + 1
         return StepResult(experiences=experiences, summary={"items": len(items), "sources": sources})
+
+
+REPAIR_PROBLEM = "repair-problem"
+REPAIR = "repair"
+
+
+def repair_problem(experience: Experience) -> tuple[RepairProblem, Problem]:
+    """The buggy program and its HumanEval task from a ``repair-problem`` experience."""
+    return RepairProblem(**experience.metadata["problem"]), Problem(**experience.metadata["task"])
+
+
+@dataclass
+class RepairProblems:
+    """NExT's repair problems: HumanEval solutions with one mutation that fails a test, each traced inline on
+    the test it fails (https://arxiv.org/abs/2404.14662). The training tasks; ``repair_fix_rate`` holds out
+    the next ``eval_tasks`` of the same seeded split."""
+
+    PHASE: ClassVar[str] = "acquire"
+    METRICS: ClassVar[tuple[str, ...]] = ()
+
+    train_tasks: int = 16
+    eval_tasks: int = 8  # must match repair_fix_rate's, so that no held-out task is trained on
+    mutants_per_task: int = 1
+    seed: int = 0  # the task split and the mutants (repair_fix_rate's seed must match)
+    problems: str = ""  # HumanEval-format JSONL (.gz ok); empty: the bundled HumanEval
+
+    def __post_init__(self) -> None:
+        self.config()
+        if self.problems and not Path(self.problems).is_file():
+            raise ValueError(f"problems {self.problems} does not exist; pass a HumanEval-format JSONL file")
+
+    def config(self) -> RepairConfig:
+        return RepairConfig(
+            train_tasks=self.train_tasks,
+            eval_tasks=self.eval_tasks,
+            mutants_per_task=self.mutants_per_task,
+            seed=self.seed,
+        )
+
+    def run(self, state: LoopState) -> StepResult:
+        config = self.config()
+        train, _ = split_tasks(load_humaneval(self.problems or None), config)
+        by_id = {t.task_id: t for t in train}
+        built = build_problems(train, config, token_counter(state.model.tokenizer))
+        experiences = [
+            Experience(
+                run_id="",
+                task=REPAIR_PROBLEM,
+                prompt=p.key,
+                response=p.program,
+                phase="acquire",
+                method="next-mutants",
+                metadata={"problem": asdict(p), "task": asdict(by_id[p.task_id])},
+            )
+            for p in built
+        ]
+        return StepResult(experiences=experiences, summary={"problems": len(built), "tasks": len(train)})
+
+
+@dataclass
+class SampleRepairs:
+    """NExT's sampling: the model explains the traced bug and writes a fixed function, ``samples`` times per
+    problem. Nothing is run here; the execution filter (refine) runs the fixes in the sandbox."""
+
+    PHASE: ClassVar[str] = "acquire"
+    METRICS: ClassVar[tuple[str, ...]] = ()
+
+    samples: int = 4  # the paper's N per problem and round
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 384
+    traced: bool = True  # the prompt carries the inline trace (NExT); False: the plain buggy code
+    exemplar: bool = True  # one worked example before each prompt
+
+    def run(self, state: LoopState) -> StepResult:
+        stored = state.experiences(REPAIR_PROBLEM)
+        if not stored:
+            raise SelfEvolveError(
+                "sample_repairs found no repair problems; put repair_problems before it in acquire"
+            )
+        problems = [repair_problem(e)[0] for e in stored]
+        replies = state.model.generate(
+            [repair_prompt(p, self.traced, self.exemplar) for p in problems],
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            stop=[CLOSING_FENCE],  # the answer is complete once its code block is
+            n=self.samples,
+            seed=state.seed,
+        )
+        experiences = []
+        for reply in replies:
+            text = reply.text + (CLOSING_FENCE.rstrip() if reply.text.count("```") % 2 else "")
+            problem = problems[reply.prompt_index]
+            experiences.append(
+                Experience(
+                    run_id="",
+                    task=REPAIR,
+                    prompt=repair_request(problem, self.traced),
+                    response=text,
+                    phase="acquire",
+                    method="next-repair",
+                    model_revision=state.model.revision,
+                    metadata={
+                        "problem": problem.key,
+                        "sample": reply.sample_index,
+                        "traced": self.traced,
+                        "exemplar": self.exemplar,
+                        "fix": extract_fix(text, problem.entry_point),
+                    },
+                    parent_id=stored[reply.prompt_index].id,
+                )
+            )
+        return StepResult(experiences=experiences, summary={"samples": len(experiences)})

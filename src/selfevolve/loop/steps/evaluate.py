@@ -8,10 +8,20 @@ from pathlib import Path
 from typing import ClassVar
 
 from selfevolve.acquire.knowledge import QAItem, fictional_knowledge, load_documents, load_questions
+from selfevolve.acquire.trace import token_counter
+from selfevolve.evaluate.humaneval import load_humaneval
 from selfevolve.evaluate.qa import QAResult, answer_questions, perplexity
 from selfevolve.loop.state import LoopState, StepResult
 from selfevolve.loop.steps._general import GENERAL_QUESTIONS, GENERAL_TEXTS
 from selfevolve.store import Experience
+from selfevolve.update.repair import (
+    RepairConfig,
+    attempt_repairs,
+    build_problems,
+    fix_rates,
+    repair_request,
+    split_tasks,
+)
 
 HELDOUT = "heldout-qa"
 PROBE = "retention-probe"
@@ -114,4 +124,78 @@ class Retention:
                 "recall": sum(still) / len(still) if still else 1.0,
             },
             summary={"base_known": len(known), "probes": len(probes)},
+        )
+
+
+@dataclass
+class RepairFixRate:
+    """NExT's measure: the share of held-out buggy programs the model repairs (pass@1 and pass@k, the fixes
+    run against every test of their task in the sandbox). The held-out tasks come from the same seeded split as
+    ``repair_problems``, so none of them is trained on."""
+
+    PHASE: ClassVar[str] = "evaluate"
+    METRICS: ClassVar[tuple[str, ...]] = ("pass_at_1", "pass_at_k")
+
+    train_tasks: int = 16  # these three must match repair_problems'
+    eval_tasks: int = 8
+    seed: int = 0
+    mutants_per_task: int = 1
+    samples: int = 4  # answers per problem: pass@1 and pass@k with k = samples
+    temperature: float = 0.8
+    max_new_tokens: int = 384
+    traced: bool = True  # evaluate with the inline trace in the prompt (False: the plain buggy code)
+    problems: str = ""  # HumanEval-format JSONL; empty: the bundled HumanEval
+
+    def __post_init__(self) -> None:
+        self.config()
+        if self.problems and not Path(self.problems).is_file():
+            raise ValueError(f"problems {self.problems} does not exist; pass a HumanEval-format JSONL file")
+
+    def config(self) -> RepairConfig:
+        return RepairConfig(
+            train_tasks=self.train_tasks,
+            eval_tasks=self.eval_tasks,
+            mutants_per_task=self.mutants_per_task,
+            seed=self.seed,
+            eval_samples=self.samples,
+            eval_temperature=self.temperature,
+            max_new_tokens=self.max_new_tokens,
+        )
+
+    def run(self, state: LoopState) -> StepResult:
+        config = self.config()
+        _, held_out = split_tasks(load_humaneval(self.problems or None), config)
+        problems = build_problems(held_out, config, token_counter(state.model.tokenizer))
+        humaneval = {p.task_id: p for p in held_out}
+        # the same seed every iteration (as repair_train), so iterations differ only by their model
+        attempts = attempt_repairs(
+            state.model,
+            problems,
+            humaneval,
+            config,
+            traced=self.traced,
+            n=self.samples,
+            temperature=self.temperature,
+            seed=self.seed + 1000,
+        )
+        rates = fix_rates(attempts, self.samples)
+        by_key = {p.key: p for p in problems}
+        experiences = [
+            Experience(
+                run_id="",
+                task="repair-eval",
+                prompt=repair_request(by_key[a.problem], a.traced),
+                response=a.reply,
+                phase="evaluate",
+                feedback={"passed": a.passed, "status": a.status},
+                score=float(a.passed),
+                model_revision=state.model.revision,
+                metadata={"problem": a.problem, "sample": a.sample},
+            )
+            for a in attempts
+        ]
+        return StepResult(
+            experiences=experiences,
+            metrics={"pass_at_1": rates["pass@1"], "pass_at_k": rates[f"pass@{self.samples}"]},
+            summary={"problems": len(problems)},
         )

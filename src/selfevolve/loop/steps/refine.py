@@ -1,15 +1,19 @@
-"""Refine steps: decide which acquired experiences to keep, and record why each one was dropped."""
+"""Refine steps: decide which acquired experiences to keep, and record why each one was dropped. A filter
+sees only what earlier filters of the iteration kept."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
+from selfevolve.acquire.mutate import Candidate
 from selfevolve.acquire.synthesize import support
+from selfevolve.evaluate.codejudge import judge
+from selfevolve.evaluate.humaneval import Problem, Sample, evaluate_samples
 from selfevolve.evaluate.qa import normalize_answer
 from selfevolve.loop.state import LoopState, StepResult
-from selfevolve.loop.steps.acquire import QA, stored_documents
-from selfevolve.store import Decision
+from selfevolve.loop.steps.acquire import QA, REPAIR, REPAIR_PROBLEM, repair_problem, stored_documents
+from selfevolve.store import Decision, Experience
 
 
 @dataclass
@@ -46,3 +50,102 @@ class GroundingFilter:
                 decisions.append(Decision(experience.id, True, "supported"))
         kept = sum(d.kept for d in decisions)
         return StepResult(decisions=decisions, summary={"kept": kept, "dropped": len(decisions) - kept})
+
+
+def _repairs(state: LoopState) -> tuple[list[Experience], dict[int, Problem]]:
+    """This iteration's kept repairs, and each repair problem's HumanEval task by the problem's experience id."""
+    tasks = {e.id: repair_problem(e)[1] for e in state.experiences(REPAIR_PROBLEM)}
+    return state.kept(REPAIR), tasks
+
+
+@dataclass
+class ExecutionFilter:
+    """Keep a sampled repair only when its fixed function passes every test of its task in the sandbox
+    (NExT's filter, https://arxiv.org/abs/2404.14662)."""
+
+    PHASE: ClassVar[str] = "refine"
+    METRICS: ClassVar[tuple[str, ...]] = ()
+
+    timeout_s: float = 5.0  # per sandboxed run of a task's tests
+
+    def run(self, state: LoopState) -> StepResult:
+        repairs, tasks = _repairs(state)
+        runnable = [e for e in repairs if e.metadata.get("fix")]
+        samples = [Sample(tasks[e.parent_id].task_id, "\n" + e.metadata["fix"]) for e in runnable]
+        verdicts = evaluate_samples(tasks.values(), samples, timeout_s=self.timeout_s) if samples else []
+        status = {e.id: v for e, v in zip(runnable, verdicts)}
+        decisions = [
+            Decision(e.id, True, "passed")
+            if e.id in status and status[e.id].passed
+            else Decision(e.id, False, f"tests {status[e.id].status}" if e.id in status else "no code")
+            for e in repairs
+        ]
+        kept = sum(d.kept for d in decisions)
+        return StepResult(decisions=decisions, summary={"kept": kept, "dropped": len(decisions) - kept})
+
+
+@dataclass
+class CodeJudgeFilter:
+    """Keep a repair only when an LLM judge accepts its code without running it (CodeJudge,
+    https://arxiv.org/abs/2410.02184); each verdict is stored as a ``judge-verdict`` experience."""
+
+    PHASE: ClassVar[str] = "refine"
+    METRICS: ClassVar[tuple[str, ...]] = ()
+
+    mode: Literal["analyze", "taxonomy", "vanilla", "rubric"] = "analyze"
+    threshold: float = 0.5  # keep when the judge's score is at least this (binary modes: 1 = yes)
+    judge: str = ""  # the judge model (registry name, folder, .gguf); empty: the model being trained
+    reference: bool = False  # show the judge the task's reference solution
+    keep_invalid: bool = False  # keep repairs whose judge output could not be parsed
+
+    def run(self, state: LoopState) -> StepResult:
+        from selfevolve.runtime.loading import load_model
+
+        repairs, tasks = _repairs(state)
+        runnable = [e for e in repairs if e.metadata.get("fix")]
+        candidates = [
+            Candidate(tasks[e.parent_id].task_id, "model", "\n" + e.metadata["fix"], None) for e in runnable
+        ]
+        backend = state.model
+        if self.judge and candidates:
+            backend = load_model(self.judge, device=str(state.model.device))
+        problems = {p.task_id: p for p in tasks.values()}
+        results = judge(backend, problems, candidates, self.mode, reference=self.reference, progress=False)
+        decisions, verdicts = [], []
+        by_id = dict(zip((e.id for e in runnable), results))
+        for experience in repairs:
+            result = by_id.get(experience.id)
+            if result is None:
+                decisions.append(Decision(experience.id, False, "no code"))
+                continue
+            if not result.valid:
+                decisions.append(Decision(experience.id, self.keep_invalid, "judge output invalid"))
+            else:
+                accepted = result.score >= self.threshold
+                decisions.append(
+                    Decision(experience.id, accepted, "judge accepted" if accepted else "judge rejected")
+                )
+            verdicts.append(
+                Experience(
+                    run_id="",
+                    task="judge-verdict",
+                    prompt=result.analysis or experience.metadata["fix"],
+                    response=result.raw,
+                    phase="refine",
+                    feedback={"valid": result.valid, "error": result.error, "mode": self.mode},
+                    score=result.score,
+                    method="codejudge",
+                    model_revision=backend.revision,
+                    parent_id=experience.id,
+                )
+            )
+        kept = sum(d.kept for d in decisions)
+        return StepResult(
+            experiences=verdicts,
+            decisions=decisions,
+            summary={
+                "kept": kept,
+                "dropped": len(decisions) - kept,
+                "invalid": sum(not r.valid for r in results),
+            },
+        )

@@ -11,11 +11,12 @@ from typing import ClassVar
 from selfevolve.acquire.knowledge import load_documents
 from selfevolve.acquire.synthesize import SynthesizedItem
 from selfevolve.loop.state import LoopState, StepResult, clone_model
-from selfevolve.loop.steps.acquire import QA, stored_documents
+from selfevolve.loop.steps.acquire import QA, REPAIR, REPAIR_PROBLEM, repair_problem, stored_documents
 from selfevolve.store import Decision, Experience
+from selfevolve.update.repair import answer_target, repair_prompt
 from selfevolve.update.selfparam import SelfParamConfig, inject
-from selfevolve.update.sft import SFTConfig, finetune
-from selfevolve.update.training import TrainingConfig, TrainResult
+from selfevolve.update.sft import CrossEntropyObjective, SFTConfig, finetune
+from selfevolve.update.training import TrainingConfig, TrainResult, response_ids, train
 
 TRAINED = "trained on"
 
@@ -94,3 +95,34 @@ class SFT:
         model = clone_model(state.model)
         trained = finetune(model, SFTConfig(train=self.train, target="qa"), items=_items(kept))
         return _result(model, kept, trained)
+
+
+@dataclass
+class RepairSFT:
+    """NExT's M-step: fine-tune on the kept repairs (prompt with trace -> rationale and fix), each distinct
+    answer to a problem once (https://arxiv.org/abs/2404.14662)."""
+
+    PHASE: ClassVar[str] = "update"
+    METRICS: ClassVar[tuple[str, ...]] = ()
+
+    # *(inferred)* short SFT per round, as update/repair.py: LoRA r=16, lr 5e-4, 2 epochs
+    train: TrainingConfig = field(default_factory=lambda: TrainingConfig(epochs=2, learning_rate=5e-4))
+
+    def run(self, state: LoopState) -> StepResult:
+        problems = {e.id: repair_problem(e)[0] for e in state.experiences(REPAIR_PROBLEM)}
+        chosen: dict[tuple[str, str], Experience] = {}
+        for e in state.kept(REPAIR):
+            if e.metadata.get("fix"):
+                chosen.setdefault((e.metadata["problem"], answer_target(e.response)), e)
+        if not chosen:
+            return StepResult(summary={"skipped": "no kept repair to train on"})
+        model = clone_model(state.model)
+        examples = [
+            (
+                repair_prompt(problems[e.parent_id], e.metadata["traced"], e.metadata["exemplar"]),
+                response_ids(model, target),
+            )
+            for (_, target), e in sorted(chosen.items())
+        ]
+        trained = train(model, examples, CrossEntropyObjective(), self.train)
+        return _result(model, list(chosen.values()), trained)
