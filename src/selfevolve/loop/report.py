@@ -70,8 +70,9 @@ def _pyplot():
     return plt
 
 
-def _metric_plot(iterations: list[IterationRecord]) -> str:
-    """One panel per metric: its value after every iteration; rolled-back iterations as red crosses."""
+def _metric_plot(iterations: list[IterationRecord], guards: list[dict]) -> str:
+    """One panel per metric: its value after every iteration; rolled-back iterations as red crosses, the base
+    value dashed, a guard's limit dotted red."""
     plt = _pyplot()
     metrics = sorted({m for r in iterations for m in r.result["scores"]})
     if not metrics:
@@ -98,13 +99,20 @@ def _metric_plot(iterations: list[IterationRecord]) -> str:
                 markersize=9,
                 label="rolled back",
             )
-        axis.axhline(points[0][1], linestyle="--", color="#999", linewidth=0.8)
+        base = points[0][1]
+        axis.axhline(base, linestyle="--", color="#999", linewidth=0.8)
+        for guard in (g for g in guards if g["metric"] == metric):
+            for bound, sign in ((guard.get("max_increase"), 1), (guard.get("max_decrease"), -1)):
+                if bound is not None:
+                    limit = base * (1 + sign * bound) if guard.get("relative", True) else base + sign * bound
+                    axis.axhline(limit, linestyle=":", color="#c11", linewidth=1, label="guard limit")
         axis.set_title(metric, fontsize=10)
         axis.set_xlabel("iteration")
         axis.set_xticks([p[0] for p in points])
     for axis in list(axes.flat)[len(metrics) :]:
         axis.axis("off")
-    axes.flat[0].legend(fontsize=8)
+    for axis in list(axes.flat)[: len(metrics)]:
+        axis.legend(fontsize=7)
     figure.tight_layout()
     return _png(figure)
 
@@ -125,6 +133,13 @@ def _loss_plot(steps: list[StepRecord]) -> str:
     return _png(figure)
 
 
+def _plain(value: object) -> str:
+    """A summary value as text: a dict as ``key value, ...``."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    return str(value)
+
+
 def _step_rows(store: ExperienceStore, run_id: str, steps: list[StepRecord]) -> dict[int, list[list[str]]]:
     """Per iteration, one row per step: acquired, kept, dropped with reasons, metrics, seconds."""
     made = Counter((e.iteration, e.step) for e in store.query(run_id=run_id))
@@ -136,7 +151,7 @@ def _step_rows(store: ExperienceStore, run_id: str, steps: list[StepRecord]) -> 
         reasons = Counter(d.reason for d in mine if not d.kept)
         result = record.result
         notes = [f"{k} {v:.4g}" for k, v in result.get("metrics", {}).items()]
-        notes += [f"{k}: {v}" for k, v in result.get("summary", {}).items()]
+        notes += [f"{k}: {_plain(v)}" for k, v in result.get("summary", {}).items()]
         if result.get("losses"):
             notes.append(f"loss {result['losses'][0]:.4g} → {result['losses'][-1]:.4g}")
         rows.setdefault(record.iteration, []).append(
@@ -233,8 +248,8 @@ def render_report(run_dir: str | Path) -> str:
             "<h2>Iterations</h2>",
             _table(["iteration", "update", "why", *metrics], rows, set(range(3, 3 + len(metrics)))),
             "<h2>Metrics over iterations</h2>",
-            "<p>Dashed: the base model. Crosses: updates the guards rolled back.</p>",
-            _metric_plot(iterations),
+            "<p>Dashed: the base model. Dotted red: a guard's limit. Crosses: updates the guards rolled back.</p>",
+            _metric_plot(iterations, config.get("guards", [])),
         ]
     parts += ["<h2>Training loss</h2>", _loss_plot(steps), "<h2>Steps of each iteration</h2>"]
     for iteration, rows in sorted(step_rows.items()):
