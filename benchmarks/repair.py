@@ -2,8 +2,9 @@
 
 Rows (one per model, round and prompt mode): held-out fix rate pass@1 and pass@k with and without the inline
 trace, training samples kept, and seconds spent sampling, training and evaluating. Round 0 is the base model.
-Overhead: every canonical solution's HumanEval test run plain and traced in the sandbox; the median ratio of
-the whole sandboxed run (what a user waits for) and of the test's own run time inside the interpreter.
+Overhead: every canonical solution's HumanEval test run plain and traced in the sandbox, interleaved; the median
+ratio of the whole sandboxed run (what a user waits for) and of the test's own run time inside the interpreter,
+and whether the traced runs returned what the plain runs did on every call of the tests.
 
     selfevolve bench repair [--models a,b] [--rounds 2] [--samples 4] [--train-tasks 8] [--eval-tasks 6]
         [--eval-samples 2] [--max-new-tokens 160] [--skip-overhead] [--skip-training] [--fresh]
@@ -17,14 +18,16 @@ Runs go to ``results/repair-runs/MODEL`` and resume there after a crash (``--fre
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
 from benchmarks._common import print_table, write_results
-from selfevolve.acquire.trace import TraceConfig, trace_many
+from selfevolve.acquire.trace import Trace, TraceConfig, trace_call
 from selfevolve.evaluate.humaneval import Problem, load_humaneval
 from selfevolve.runtime import load_model
 from selfevolve.runtime.registry import lookup
@@ -37,20 +40,41 @@ MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
 def overhead(problems: list[Problem], repeat: int) -> dict:
     """Traced against plain runs of each canonical solution's tests (the same harness, tracer on or off): the
     whole sandboxed run once each, and the test's own run time inside the interpreter as the fastest of
-    ``repeat`` runs each (both warm or both cold, never mixed)."""
+    ``repeat`` runs each (both warm or both cold, never mixed). A problem's plain and traced runs follow each
+    other on one worker, which goes first alternating, so the load of a shared machine falls on both alike.
+    The results compared are what the solution returned on each of its tests' calls."""
     config = TraceConfig(timeout_s=20.0, max_steps=10**9)
     jobs = [(p.prompt + p.canonical_solution, f"check({p.entry_point})", p.test) for p in problems]
+
+    def measure(index: int) -> tuple[Trace, Trace, Trace, Trace]:
+        program, call, setup = jobs[index]
+        runs = {}
+        for traced in (False, True) if index % 2 == 0 else (True, False):
+            once = trace_call(program, call, config, setup=setup, traced=traced)
+            best = trace_call(program, call, config, setup=setup, traced=traced, repeat=repeat)
+            runs[traced] = once, best
+        return runs[False][0], runs[True][0], runs[False][1], runs[True][1]
+
     began = time.perf_counter()
-    plain, traced = trace_many(jobs, config, traced=False), trace_many(jobs, config)
-    plain_best = trace_many(jobs, config, traced=False, repeat=repeat)
-    traced_best = trace_many(jobs, config, repeat=repeat)
+    with ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:
+        plain, traced, plain_best, traced_best = zip(*pool.map(measure, range(len(jobs))))
     seconds = time.perf_counter() - began
     finished = [i for i in range(len(jobs)) if traced[i].status == traced_best[i].status == "returned"]
+    # Tests that draw unseeded random inputs call with other values each run: two plain runs tell them apart.
+    repeatable = [i for i in finished if plain[i].returns == plain_best[i].returns]
     return {
         "problems": len(problems),
         "traced_to_the_end": len(finished),
         "stopped_by_the_time_limit": [problems[i].task_id for i in range(len(jobs)) if i not in finished],
-        "results_equal_plain": sum(traced[i].value == plain[i].value for i in finished),
+        "random_inputs": [problems[i].task_id for i in finished if i not in repeatable],
+        "results_compared": len(repeatable),
+        "results_equal_plain": sum(
+            bool(plain[i].returns)
+            and (traced[i].returns, traced_best[i].returns) == (plain[i].returns, plain_best[i].returns)
+            for i in repeatable
+        ),
+        "calls_compared": sum(2 * len(plain[i].returns) for i in repeatable),
+        "distinct_results": len({plain[i].returns for i in repeatable}),
         "median_ratio_sandboxed_run": statistics.median(traced[i].wall_s / plain[i].wall_s for i in finished),
         "median_ratio_in_process": statistics.median(
             traced_best[i].seconds / plain_best[i].seconds for i in finished
@@ -139,6 +163,9 @@ def main(argv: list[str] | None = None) -> None:
             "median_ratio_in_process",
             "median_steps",
             "traced_to_the_end",
+            "results_compared",
+            "results_equal_plain",
+            "calls_compared",
         ]
         print_table(
             "tracer overhead: traced / plain on the canonical solutions (medians)", [summary], columns

@@ -343,3 +343,4 @@ def test_cli_mistakes_are_one_line(tmp_path):
         command = [sys.executable, "-m", "selfevolve", "repair-train", "--out", str(tmp_path / "x"), *extra]
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and needle in done.stderr and "Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr

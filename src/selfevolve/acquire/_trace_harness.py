@@ -354,21 +354,20 @@ def begin():
 def call(name, args, kwargs):
     """The program's function ``name`` called with ``args`` and ``kwargs``, traced when tracing:
     ``["returned", value]``, ``["raised", type name, message]`` or ``["limit"]`` (too many steps, or late)."""
-    tracer = STATE["tracer"]
-    output = STATE["output"]
-    began = time.perf_counter()
+    tracer, function, output = STATE["tracer"], STATE["namespace"].get(name), STATE["output"]
     with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
         if tracer is not None:
             sys.settrace(tracer.on_call)
+        began = time.perf_counter()  # the call alone, tracer included
         try:
-            return ["returned", STATE["namespace"][name](*args, **kwargs)]
+            return ["returned", function(*args, **kwargs)]
         except StepLimit:
             return ["limit"]
         except BaseException as err:
             return ["raised", type(err).__name__, clip(message(err), STATE["width"])]
         finally:
-            sys.settrace(None)
             STATE["seconds"] += time.perf_counter() - began
+            sys.settrace(None)
 
 
 def finish():
