@@ -173,7 +173,7 @@ def test_the_guard_rolls_back_an_update_that_breaks_retention(tmp_path, monkeypa
         update=[{"step": "noise"}],
         guards=[{"metric": "retention.perplexity", "max_increase": 0.10}],
     )
-    summary = evolve(config)
+    summary = evolve(config, overrides=["update.noise.scale=0.5"])
     base, first, second = summary.iterations
     assert not first.accepted and not second.accepted and summary.best_iteration == 0
     assert re.fullmatch(
@@ -313,3 +313,28 @@ def test_a_run_directory_is_resumed_only_with_its_own_config(tmp_path, existing)
     assert after.keys() == before.keys() and all(
         after[p] == before[p] for p in before if p.suffix != ".sqlite"
     )
+
+
+def test_a_diverged_metric_is_a_broken_guard_not_a_crash(tmp_path, monkeypatch):
+    monkeypatch.setitem(STEPS, "noise", Noise)
+    config = tiny_config(
+        tmp_path,
+        iterations=1,
+        acquire=[],
+        refine=[],
+        update=[{"step": "noise", "scale": 1000.0}],  # perplexity overflows a float
+        guards=[{"metric": "retention.perplexity", "max_increase": 0.10}],
+    )
+    (_, first) = evolve(config).iterations
+    assert first.reason == "rolled back: retention.perplexity is not a finite number"
+    assert first.result["scores"]["retention.perplexity"] is None
+    assert "n/a" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_a_run_that_never_finished_a_step_takes_a_corrected_config(tmp_path):
+    from selfevolve.errors import SelfEvolveError
+
+    config = tiny_config(tmp_path, iterations=0)
+    with pytest.raises(SelfEvolveError, match="unknown model 'tiny-random-lama'"):
+        evolve(config, overrides=["model=tiny-random-lama"])  # a typo: config.yaml is written, no step ran
+    assert evolve(config).iterations[0].reason == "the base model"

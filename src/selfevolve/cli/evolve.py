@@ -43,6 +43,10 @@ class _Bars:
             print_(f"[bold]iteration {event.iteration}[/bold]: {event.message}")
 
 
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.4g}" if isinstance(value, float | int) else str(value)
+
+
 def _summary(summary, console: Console) -> None:
     """Metrics as rows, iterations as columns (fits a narrow terminal); the shipped iteration starred."""
     iterations = summary.iterations
@@ -57,13 +61,7 @@ def _summary(summary, console: Console) -> None:
         *("base" if r.iteration == 0 else "accepted" if r.accepted else "rolled back" for r in iterations),
     )
     for metric in sorted({m for r in iterations for m in r.result["scores"]}):
-        table.add_row(
-            metric,
-            *(
-                f"{r.result['scores'][metric]:.4g}" if metric in r.result["scores"] else ""
-                for r in iterations
-            ),
-        )
+        table.add_row(metric, *(_number(r.result["scores"].get(metric, "")) for r in iterations))
     console.print(table)
     best = iterations[summary.best_iteration]
     console.print(

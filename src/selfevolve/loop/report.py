@@ -84,7 +84,7 @@ def _metric_plot(iterations: list[IterationRecord], guards: list[dict]) -> str:
         points = [
             (r.iteration, r.result["scores"][metric], r.accepted)
             for r in iterations
-            if metric in r.result["scores"]
+            if r.result["scores"].get(metric) is not None
         ]
         axis.plot([p[0] for p in points], [p[1] for p in points], color="#888", linewidth=1)
         accepted = [p for p in points if p[2]]
@@ -133,6 +133,11 @@ def _loss_plot(steps: list[StepRecord]) -> str:
     return _png(figure)
 
 
+def _number(value: object) -> str:
+    """A metric for a table: 4 significant digits; "n/a" for a value that was not finite."""
+    return "n/a" if value is None else f"{value:.4g}" if isinstance(value, float | int) else str(value)
+
+
 def _plain(value: object) -> str:
     """A summary value as text: a dict as ``key value, ...``."""
     if isinstance(value, dict):
@@ -150,7 +155,7 @@ def _step_rows(store: ExperienceStore, run_id: str, steps: list[StepRecord]) -> 
         kept = sum(d.kept for d in mine)
         reasons = Counter(d.reason for d in mine if not d.kept)
         result = record.result
-        notes = [f"{k} {v:.4g}" for k, v in result.get("metrics", {}).items()]
+        notes = [f"{k} {_number(v)}" for k, v in result.get("metrics", {}).items()]
         notes += [f"{k}: {_plain(v)}" for k, v in result.get("summary", {}).items()]
         if result.get("losses"):
             notes.append(f"loss {result['losses'][0]:.4g} → {result['losses'][-1]:.4g}")
@@ -240,7 +245,7 @@ def render_report(run_dir: str | Path) -> str:
                 str(r.iteration) + (" ★" if r.iteration == shipped else ""),
                 '<span class="ok">accepted</span>' if r.accepted else '<span class="bad">rolled back</span>',
                 _e(r.reason),
-                *(f"{r.result['scores'][m]:.4g}" if m in r.result["scores"] else "" for m in metrics),
+                *(_number(r.result["scores"].get(m, "")) for m in metrics),
             ]
             for r in iterations
         ]

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import math
 import random
 import shutil
 import time
@@ -91,51 +92,71 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _unwritable(run_dir: Path, err: OSError) -> SelfEvolveError:
+    return SelfEvolveError(f"cannot write to {run_dir} ({err.strerror or err}); pass a writable --out")
+
+
 @contextlib.contextmanager
-def _exclusive(run_dir: Path) -> Iterator[None]:
-    """Hold ``DIR/.lock``: two loops writing one run directory would overwrite each other's checkpoints."""
-    with open(run_dir / ".lock", "w") as handle:
+def _run_dir(run_dir: Path, config: RunConfig, resume: bool) -> Iterator[None]:
+    """Hold ``run_dir`` (new, empty, or holding a run of this config) for this process, with its config.yaml.
+
+    Nothing is written until the folder is known to be new, empty or ours; two loops in one folder would
+    overwrite each other's checkpoints, so ``DIR/.lock`` keeps a second one out."""
+    saved = run_dir / CONFIG_FILE
+    if not saved.is_file():
+        if resume:
+            raise SelfEvolveError(
+                f"nothing to resume in {run_dir} (no {CONFIG_FILE}); drop --resume to start a run"
+            )
+        if run_dir.exists() and (not run_dir.is_dir() or any(p.name != ".lock" for p in run_dir.iterdir())):
+            raise SelfEvolveError(f"{run_dir} is not empty and holds no run; pass a new or empty --out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(run_dir / ".lock", "w")  # noqa: SIM115  (held until the run ends)
+    except OSError as err:
+        raise _unwritable(run_dir, err) from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise SelfEvolveError(
                 f"another selfevolve evolve is running in {run_dir}; wait for it, or pass another --out"
             ) from None
+        _settle_config(run_dir, config)
         yield
 
 
-def _open_run_dir(run_dir: Path, config: RunConfig, resume: bool) -> None:
-    """Check that ``run_dir`` is new, empty, or holds a run of the same config; write its config.yaml."""
+def _settle_config(run_dir: Path, config: RunConfig) -> None:
+    """Write ``config.yaml`` for a new run; refuse another config once a step has finished (before that, a
+    corrected config simply replaces the old one, e.g. after a typo in the model name)."""
     saved = run_dir / CONFIG_FILE
     if saved.is_file():
         try:
             differences = config_differences(load_run_config(saved), config)
         except SelfEvolveError as err:
             raise SelfEvolveError(f"{saved} no longer loads ({err}); pass another --out") from None
-        if differences:
+        if not differences:
+            return
+        if _has_progress(run_dir):
             shown = "; ".join(differences[:4]) + ("; ..." if len(differences) > 4 else "")
             raise SelfEvolveError(
                 f"{run_dir} holds a run made by another config ({shown}); resume it with the same config "
                 "(or pass the run directory itself), or pass another --out"
             )
-        probe = run_dir / ".writable"
-    elif resume:
-        raise SelfEvolveError(
-            f"nothing to resume in {run_dir} (no {CONFIG_FILE}); drop --resume to start a run"
-        )
-    elif run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise SelfEvolveError(f"{run_dir} is not empty and holds no run; pass a new or empty --out")
-    else:
-        probe = saved
+        for name in (STORE_FILE, f"{STORE_FILE}-wal", f"{STORE_FILE}-shm"):
+            (run_dir / name).unlink(missing_ok=True)
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(probe, config_yaml(config))
-        if probe != saved:
-            probe.unlink()
+        write_text_atomic(saved, config_yaml(config))
     except OSError as err:
-        raise SelfEvolveError(
-            f"cannot write to {run_dir} ({err.strerror or err}); pass a writable --out"
-        ) from None
+        raise _unwritable(run_dir, err) from None
+
+
+def _has_progress(run_dir: Path) -> bool:
+    """Whether any step of the run in ``run_dir`` has finished."""
+    if not (run_dir / STORE_FILE).is_file():
+        return False
+    with ExperienceStore(run_dir / STORE_FILE) as store:
+        return any(store.step_records(run.id) for run in store.runs())
 
 
 class _Loop:
@@ -210,7 +231,8 @@ class _Loop:
             if record.result.get("checkpoint"):
                 checkpoint = record.result["checkpoint"]
                 model = self.load(checkpoint, record.model_revision)
-        decided = self.decide(k, model, checkpoint, previous)
+        scores = {f"{n}.{m}": v for n, r in outputs.items() for m, v in r.result.get("metrics", {}).items()}
+        decided = self.decide(k, model, checkpoint, previous, scores)
         self.emit(LoopEvent("iteration", k, message=decided.reason))
         write_report(self.run_dir)
         return decided
@@ -221,7 +243,9 @@ class _Loop:
         began = time.perf_counter()
         result = step.run(state)
         revision = state.model.revision
-        summary = {"metrics": result.metrics, "losses": result.losses, "summary": result.summary}
+        finite = {m: v for m, v in result.metrics.items() if math.isfinite(v)}
+        metrics = {m: finite.get(m) for m in result.metrics}  # a diverged metric is kept as None (JSON null)
+        summary = {"metrics": metrics, "losses": result.losses, "summary": result.summary}
         if result.model is not None:
             revision = f"{self.base_revision(state.iteration, state.model)}+i{state.iteration}.{name}"
             folder = self.run_dir / CHECKPOINTS / f"iter{state.iteration:02d}-{name}"
@@ -236,7 +260,7 @@ class _Loop:
             name,
             experiences=result.experiences,
             decisions=result.decisions,
-            scores=[Score(metric, value, revision) for metric, value in result.metrics.items()],
+            scores=[Score(metric, value, revision) for metric, value in finite.items()],
             result=summary,
             model_revision=revision,
         )
@@ -248,14 +272,23 @@ class _Loop:
         return self.store.iterations(self.run_id)[0].model_revision
 
     def decide(
-        self, k: int, model: LocalModel, checkpoint: str | None, previous: IterationRecord | None
+        self,
+        k: int,
+        model: LocalModel,
+        checkpoint: str | None,
+        previous: IterationRecord | None,
+        scores: dict[str, float | None],
     ) -> IterationRecord:
-        """Guards, selection and early stop for iteration ``k``; publishes a new best as ``DIR/model``."""
+        """Guards, selection and early stop for iteration ``k`` (``scores``: "step.metric" -> value, None when
+        not finite); publishes a new best as ``DIR/model``."""
         config = self.config
-        scores = {f"{s.step}.{s.metric}": s.value for s in self.store.scores(self.run_id, iteration=k)}
         for name in [config.selection_metric, *(g.metric for g in config.guards)]:
             if name not in scores:
                 raise SelfEvolveError(f"iteration {k} scored no {name}; its evaluate step must report it")
+            if previous is None and scores[name] is None:
+                raise SelfEvolveError(
+                    f"the base model's {name} is not a finite number; guard and select on other metrics"
+                )
         value = scores[config.selection_metric]
         if previous is None:
             accepted, reason, best, best_value, stale = True, "the base model", 0, value, 0
@@ -268,7 +301,11 @@ class _Loop:
                 previous.result["best_value"],
                 previous.result["stale"],
             )
-            broken = [v for g in config.guards if (v := g.violation(scores[g.metric], base[g.metric]))]
+            broken = [
+                f"{g.metric} is not a finite number" if scores[g.metric] is None else v
+                for g in config.guards
+                if scores[g.metric] is None or (v := g.violation(scores[g.metric], base[g.metric]))
+            ]
             accepted = not broken
             if broken:
                 reason = "rolled back: " + "; ".join(broken)
@@ -277,9 +314,9 @@ class _Loop:
             else:
                 reason = "accepted: every guard held"
                 current, revision = checkpoint, model.revision
-            better = value > best_value + config.min_improvement
+            better = value is not None and value > best_value + config.min_improvement
             if config.selection_mode == "min":
-                better = value < best_value - config.min_improvement
+                better = value is not None and value < best_value - config.min_improvement
             if accepted and checkpoint is not None and better:
                 best, best_value, stale = k, value, 0
                 reason += f"; new best {config.selection_metric} = {value:.4g}"
@@ -335,7 +372,9 @@ def _describe(record: StepRecord) -> str:
     """One line about a finished step, for progress displays."""
     result = record.result
     if result.get("metrics"):
-        return ", ".join(f"{k} {v:.4g}" for k, v in result["metrics"].items())
+        return ", ".join(
+            f"{k} {'n/a' if v is None else format(v, '.4g')}" for k, v in result["metrics"].items()
+        )
     if result.get("losses"):
         return f"{len(result['losses'])} steps, final loss {result['losses'][-1]:.4g}"
     return ", ".join(f"{k} {v}" for k, v in result.get("summary", {}).items() if not isinstance(v, dict))
@@ -369,6 +408,5 @@ def evolve(
         run_config = load_run_config(config, overrides)
     run_dir = Path(out if out is not None else run_config.out)
     run_config = dataclasses.replace(run_config, out=str(run_dir))
-    _open_run_dir(run_dir, run_config, resume)
-    with _exclusive(run_dir), ExperienceStore(run_dir / STORE_FILE) as store:
+    with _run_dir(run_dir, run_config, resume), ExperienceStore(run_dir / STORE_FILE) as store:
         return _Loop(run_config, run_dir, store, on_event or (lambda event: None)).run()

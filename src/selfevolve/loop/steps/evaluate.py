@@ -3,6 +3,7 @@ report can show the base model's and the shipped model's answers side by side.""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -117,12 +118,13 @@ class Retention:
             base = [{"question": e.prompt, "recall": e.score} for e in state.experiences(PROBE, iteration=0)]
         known = {row["question"] for row in base if row["recall"] == 1.0}
         still = [row["recall"] for row in answered.rows if row["question"] in known]
+        try:
+            ppl = perplexity(state.model, texts, max_tokens=self.max_tokens)
+        except OverflowError:  # a collapsed model: exp(mean NLL) overflows a float
+            ppl = math.inf
         return StepResult(
             experiences=_answers(PROBE, answered, state.model.revision),
-            metrics={
-                "perplexity": perplexity(state.model, texts, max_tokens=self.max_tokens),
-                "recall": sum(still) / len(still) if still else 1.0,
-            },
+            metrics={"perplexity": ppl, "recall": sum(still) / len(still) if still else 1.0},
             summary={"base_known": len(known), "probes": len(probes)},
         )
 
