@@ -263,6 +263,9 @@ ATTACKS = {
     "chmod": "import os\nos.chmod({keep!r}, 0)",
     "parent": "open('../escape-{tag}.txt', 'w').write('pwned')",
     "tmp": "open('/tmp/escape-{tag}.txt', 'w').write('pwned')",
+    "dir_fd write": "import os\nfd = os.open({folder!r}, os.O_RDONLY)\n"
+    "os.write(os.open('new.txt', os.O_WRONLY | os.O_CREAT, dir_fd=fd), b'pwned')",
+    "dir_fd remove": "import os\nos.remove('keep.txt', dir_fd=os.open({folder!r}, os.O_RDONLY))",
 }
 
 
