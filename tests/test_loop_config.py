@@ -144,3 +144,11 @@ def test_the_example_configs_load(name, monkeypatch):
     monkeypatch.chdir(root)  # their data paths are relative to the repository root
     config = load_run_config(root / "examples" / name)
     assert config.model == "smollm2-135m-instruct" and config.iterations == 2 and config.guards
+
+
+def test_data_paths_become_absolute_so_a_resume_finds_them_from_anywhere(tmp_path, monkeypatch):
+    (tmp_path / "docs.txt").write_text("Ada was born in London.")
+    monkeypatch.chdir(tmp_path)
+    config = build_run_config({**BASE, "acquire": [{"step": "documents", "path": "docs.txt"}]})
+    assert config.acquire[0].path == str(tmp_path / "docs.txt")
+    assert config.evaluate[0].questions == "fictional:2:0"  # not a path

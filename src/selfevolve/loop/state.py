@@ -62,6 +62,16 @@ class LoopState:
         return [e for e in self.experiences(task) if e.id not in dropped]
 
 
+def existing_path(value: str, what: str, fix: str = "fix the path") -> str:
+    """``value`` as an absolute path ("" stays ""), so a resumed run finds it from any working directory; a
+    ``ValueError`` (a one-line config error) when nothing is there."""
+    if not value:
+        return value
+    if not Path(value).exists():
+        raise ValueError(f"{what} {value} does not exist; {fix}")
+    return str(Path(value).resolve())
+
+
 def clone_model(model: LocalModel) -> LocalModel:
     """An independent copy of ``model`` (weights included), for an update that must not touch the original."""
     return LocalModel(

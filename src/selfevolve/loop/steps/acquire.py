@@ -9,7 +9,6 @@ synthesized item as one of task ``qa`` whose parent is its document; a repair pr
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import ClassVar
 
 from selfevolve.acquire.knowledge import (
@@ -23,7 +22,7 @@ from selfevolve.acquire.synthesize import SynthesisConfig, synthesize
 from selfevolve.acquire.trace import token_counter
 from selfevolve.errors import SelfEvolveError
 from selfevolve.evaluate.humaneval import Problem, load_humaneval
-from selfevolve.loop.state import LoopState, StepResult
+from selfevolve.loop.state import LoopState, StepResult, existing_path
 from selfevolve.store import Experience
 from selfevolve.update.repair import (
     CLOSING_FENCE,
@@ -104,10 +103,8 @@ class Documents:
             raise ValueError(
                 "documents.path is empty; set it to a .txt file, a folder of them or a .jsonl file"
             )
-        for name in ("path", "questions"):
-            value = getattr(self, name)
-            if value and not Path(value).exists():
-                raise ValueError(f"documents.{name} {value} does not exist; fix the path")
+        self.path = existing_path(self.path, "documents.path")
+        self.questions = existing_path(self.questions, "documents.questions")
 
     def run(self, state: LoopState) -> StepResult:
         questions = load_questions(self.questions) if self.questions else []
@@ -199,8 +196,7 @@ class RepairProblems:
 
     def __post_init__(self) -> None:
         self.config()
-        if self.problems and not Path(self.problems).is_file():
-            raise ValueError(f"problems {self.problems} does not exist; pass a HumanEval-format JSONL file")
+        self.problems = existing_path(self.problems, "problems", "pass a HumanEval-format JSONL file")
 
     def config(self) -> RepairConfig:
         return RepairConfig(

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 from selfevolve.acquire.knowledge import QAItem, fictional_knowledge, load_documents, load_questions
 from selfevolve.acquire.trace import token_counter
 from selfevolve.evaluate.humaneval import load_humaneval
 from selfevolve.evaluate.qa import QAResult, answer_questions, perplexity
-from selfevolve.loop.state import LoopState, StepResult
+from selfevolve.loop.state import LoopState, StepResult, existing_path
 from selfevolve.loop.steps._general import GENERAL_QUESTIONS, GENERAL_TEXTS
 from selfevolve.store import Experience
 from selfevolve.update.repair import (
@@ -67,9 +66,9 @@ class HeldoutQA:
     max_new_tokens: int = 32
 
     def __post_init__(self) -> None:
-        if _fictional(self.questions) is None and not Path(self.questions).is_file():
-            raise ValueError(
-                f"questions {self.questions} does not exist; pass a JSONL file or fictional:COUNT:SEED"
+        if _fictional(self.questions) is None:
+            self.questions = existing_path(
+                self.questions, "questions", "pass a JSONL file or fictional:COUNT:SEED"
             )
 
     def items(self) -> list[QAItem]:
@@ -100,10 +99,9 @@ class Retention:
     max_tokens: int = 256  # per text, for perplexity
 
     def __post_init__(self) -> None:
-        for name in ("texts", "probes"):
-            value = getattr(self, name)
-            if value and not Path(value).exists():
-                raise ValueError(f"retention.{name} {value} does not exist; fix the path or leave it empty")
+        fix = "fix the path or leave it empty"
+        self.texts = existing_path(self.texts, "retention.texts", fix)
+        self.probes = existing_path(self.probes, "retention.probes", fix)
 
     def run(self, state: LoopState) -> StepResult:
         texts = [d.text for d in load_documents(self.texts)] if self.texts else list(GENERAL_TEXTS)
@@ -150,8 +148,7 @@ class RepairFixRate:
 
     def __post_init__(self) -> None:
         self.config()
-        if self.problems and not Path(self.problems).is_file():
-            raise ValueError(f"problems {self.problems} does not exist; pass a HumanEval-format JSONL file")
+        self.problems = existing_path(self.problems, "problems", "pass a HumanEval-format JSONL file")
 
     def config(self) -> RepairConfig:
         return RepairConfig(

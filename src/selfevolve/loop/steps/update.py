@@ -5,12 +5,11 @@ one until the evaluation's guards accept the update."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar
 
 from selfevolve.acquire.knowledge import load_documents
 from selfevolve.acquire.synthesize import SynthesizedItem
-from selfevolve.loop.state import LoopState, StepResult, clone_model
+from selfevolve.loop.state import LoopState, StepResult, clone_model, existing_path
 from selfevolve.loop.steps.acquire import QA, REPAIR, REPAIR_PROBLEM, repair_problem, stored_documents
 from selfevolve.store import Decision, Experience
 from selfevolve.update.repair import answer_target, repair_prompt
@@ -57,8 +56,7 @@ class SelfParam:
             raise ValueError(
                 "regularizer_weight > 0 needs regularizer_texts; set a text file or the weight to 0"
             )
-        if self.regularizer_texts and not Path(self.regularizer_texts).exists():
-            raise ValueError(f"regularizer_texts {self.regularizer_texts} does not exist; fix the path")
+        self.regularizer_texts = existing_path(self.regularizer_texts, "regularizer_texts")
 
     def config(self) -> SelfParamConfig:
         return SelfParamConfig(
