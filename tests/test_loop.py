@@ -85,7 +85,7 @@ def test_a_run_records_every_step_with_provenance_and_resumes_to_a_no_op(tmp_pat
     }
     assert load_run_config(run / "config.yaml").model == "tiny-random-llama"
     assert [(r.iteration, r.accepted) for r in summary.iterations] == [(0, True), (1, True), (2, True)]
-    assert summary.iterations[0].reason == "the base model" and summary.finished
+    assert summary.iterations[0].reason == "the base model" and not summary.stopped_early
     assert [e.kind for e in events if e.kind not in ("start", "done")] == [
         "plan",
         "iteration",

@@ -63,13 +63,12 @@ class LoopEvent:
 
 @dataclass
 class RunSummary:
-    """Where a run stands: every finished iteration, which one was shipped, and the run's files."""
+    """A finished run: every iteration, which one was shipped, whether it stopped early, and its files."""
 
     run_dir: Path
     run_id: str
     iterations: list[IterationRecord]
     best_iteration: int
-    finished: bool
     stopped_early: bool
 
     @property
@@ -190,14 +189,13 @@ class _Loop:
     def run(self) -> RunSummary:
         records = self.store.iterations(self.run_id)
         last = records[-1] if records else None
-        model = self.load(last.result["current"], last.result["revision"]) if last else None
         iteration = len(records)
         phases = tuple((p, len(getattr(self.config, p))) for p in PHASES)
         self.emit(LoopEvent("plan", iteration, total=self.config.iterations, phases=phases))
         while iteration <= self.config.iterations and not (last and last.result["stopped"]):
-            model = model if model is not None else self.base()
-            last = self.iteration(iteration, model, last)
-            model = self.load(last.result["current"], last.result["revision"])
+            # each iteration starts from the current accepted model, as recorded (after a rollback: the old one)
+            start = self.load(last.result["current"], last.result["revision"]) if last else self.base()
+            last = self.iteration(iteration, start, last)
             records.append(last)
             iteration += 1
         if self.store.get_run(self.run_id).status == "running":
@@ -205,12 +203,7 @@ class _Loop:
         write_report(self.run_dir)
         self.emit(LoopEvent("finished", iteration - 1, message=last.reason))
         return RunSummary(
-            self.run_dir,
-            self.run_id,
-            records,
-            last.best_iteration,
-            finished=True,
-            stopped_early=bool(last.result["stopped"]) and last.iteration < self.config.iterations,
+            self.run_dir, self.run_id, records, last.best_iteration, stopped_early=last.result["stopped"]
         )
 
     def iteration(self, k: int, start: LocalModel, previous: IterationRecord | None) -> IterationRecord:
@@ -301,11 +294,7 @@ class _Loop:
                 previous.result["best_value"],
                 previous.result["stale"],
             )
-            broken = [
-                f"{g.metric} is not a finite number" if scores[g.metric] is None else v
-                for g in config.guards
-                if scores[g.metric] is None or (v := g.violation(scores[g.metric], base[g.metric]))
-            ]
+            broken = _violations(config, scores, base)
             accepted = not broken
             if broken:
                 reason = "rolled back: " + "; ".join(broken)
@@ -314,10 +303,7 @@ class _Loop:
             else:
                 reason = "accepted: every guard held"
                 current, revision = checkpoint, model.revision
-            better = value is not None and value > best_value + config.min_improvement
-            if config.selection_mode == "min":
-                better = value is not None and value < best_value - config.min_improvement
-            if accepted and checkpoint is not None and better:
+            if accepted and checkpoint is not None and _improves(config, value, best_value):
                 best, best_value, stale = k, value, 0
                 reason += f"; new best {config.selection_metric} = {value:.4g}"
             else:
@@ -366,6 +352,27 @@ class _Loop:
         for item in folder.iterdir() if folder.is_dir() else ():
             if keep is None or item.resolve() != (self.run_dir / keep).resolve():
                 shutil.rmtree(item, ignore_errors=True)
+
+
+def _violations(config: RunConfig, scores: dict[str, float | None], base: dict[str, float]) -> list[str]:
+    """Why each broken guard is broken (a metric that is not finite breaks its guard)."""
+    broken = []
+    for guard in config.guards:
+        value = scores[guard.metric]
+        if value is None:
+            broken.append(f"{guard.metric} is not a finite number")
+        elif (why := guard.violation(value, base[guard.metric])) is not None:
+            broken.append(why)
+    return broken
+
+
+def _improves(config: RunConfig, value: float | None, best: float) -> bool:
+    """Whether ``value`` of the selection metric beats ``best`` by more than ``min_improvement``."""
+    if value is None:
+        return False
+    if config.selection_mode == "min":
+        return value < best - config.min_improvement
+    return value > best + config.min_improvement
 
 
 def _describe(record: StepRecord) -> str:
