@@ -175,8 +175,13 @@ def _step_rows(store: ExperienceStore, run_id: str, steps: list[StepRecord]) -> 
 
 
 def _answers(store: ExperienceStore, run_id: str, shipped: int, label: str) -> str:
-    """The base model's answers to every fixed evaluation question beside those of iteration ``shipped``."""
-    evaluated = store.query(run_id=run_id, phase="evaluate")
+    """The base model's answers to every fixed evaluation question (those with gold answers) beside those of
+    iteration ``shipped``."""
+    evaluated = [
+        e
+        for e in store.query(run_id=run_id, phase="evaluate")
+        if isinstance(e.feedback, dict) and "answers" in e.feedback
+    ]
     tasks = sorted({e.task for e in evaluated})
     parts = []
     for task in tasks:
