@@ -5,7 +5,8 @@ Candidates (cached under ``--out/codejudge/``): for each problem of a seeded sam
 per problem sampled from ``--sampler`` (labelled by execution). Every judge model then runs every mode:
 ``analyze`` (CodeJudge A, analyze then summarize), ``taxonomy`` (CodeJudge B, fault localization),
 ``vanilla`` (Yes/No) and ``rubric`` (ICE-Score 0-4). Verdicts of each (judge, mode) are cached too, so an
-interrupted run resumes at the batch where it stopped.
+interrupted run resumes at the batch where it stopped; cached verdicts are parsed again from their raw outputs,
+so they count as the current parsers read them.
 
 Rows: judge, mode, n, accuracy (binary modes, on valid outputs), accuracy_invalid_as_wrong, Kendall τ and
 Spearman ρ of the judge's score against pass/fail, invalid_rate, seconds_per_sample. ``positive_rate`` is the
@@ -42,10 +43,10 @@ from selfevolve.config import config_to_dict
 from selfevolve.evaluate.codejudge import (
     MODES,
     CodeJudgeConfig,
-    Inconsistency,
     JudgeResult,
     judge,
     judge_metrics,
+    reparse,
 )
 from selfevolve.evaluate.humaneval import Problem, load_humaneval
 from selfevolve.runtime import load_model
@@ -93,8 +94,9 @@ def build_candidates(problems: list[Problem], args: argparse.Namespace, cache: P
     return candidates
 
 
-def _load_verdicts(path: Path) -> list[JudgeResult]:
-    """Cached verdicts; a last line cut short by an interrupted write is dropped (and judged again)."""
+def _load_verdicts(path: Path, config: CodeJudgeConfig) -> list[JudgeResult]:
+    """Cached verdicts, parsed again from their raw outputs; a last line cut short by an interrupted write is
+    dropped (and judged again)."""
     rows = []
     for line in path.read_text().splitlines():
         try:
@@ -102,10 +104,7 @@ def _load_verdicts(path: Path) -> list[JudgeResult]:
         except ValueError:
             break
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    for row in rows:
-        found = row["inconsistencies"]
-        row["inconsistencies"] = None if found is None else [Inconsistency(**i) for i in found]
-    return [JudgeResult(**row) for row in rows]
+    return [reparse(JudgeResult(**row), config) for row in rows]
 
 
 def run_judge(
@@ -123,7 +122,7 @@ def run_judge(
     for mode in modes:
         key = _key(name, mode, args.reference, config_to_dict(config), [asdict(c) for c in candidates])
         path = cache / f"verdicts-{name}-{mode}{'-ref' if args.reference else ''}-{key}.jsonl"
-        results = _load_verdicts(path) if path.is_file() else []
+        results = _load_verdicts(path, config) if path.is_file() else []
         if results:
             print(f"{name} {mode}: {len(results)} cached verdicts in {path}", flush=True)
         began = time.perf_counter()

@@ -26,6 +26,7 @@ from selfevolve.evaluate.codejudge import (
     parse_inconsistencies,
     parse_rubric,
     parse_yes_no,
+    reparse,
     taxonomy_score,
 )
 from selfevolve.evaluate.humaneval import load_humaneval
@@ -104,6 +105,22 @@ def test_a_reply_with_no_in_a_sentence_is_an_invalid_verdict_not_a_no(problems):
     metrics = judge_metrics(results, candidates)
     assert metrics["invalid_rate"] == 1.0 and metrics["accuracy"] is None
     assert metrics["accuracy_invalid_as_wrong"] == 0.0
+
+
+def test_reparse_scores_a_cached_verdict_as_the_current_parsers_read_it():
+    # what the old fallback parser stored for this reply: a valid "No"
+    stale = JudgeResult("t", "vanilla", True, 0.0, "The code has no errors.", seconds=2.5)
+    fresh = reparse(stale)
+    assert (fresh.valid, fresh.score, fresh.seconds) == (False, None, 2.5)
+    assert "no Yes or No verdict" in fresh.error
+    analysis = JudgeResult("t", "analyze", False, None, "Yes.", analysis="It works.", error="old")
+    assert reparse(analysis) == JudgeResult("t", "analyze", True, 1.0, "Yes.", analysis="It works.")
+    # taxonomy: one Major (50) and one Small (5): (100 - 55) / 100 = 0.45, or 0.0 with a Major weight of 100
+    raw = '[{"inconsistency": "a", "severity": "Major"}, {"inconsistency": "b", "severity": "minor"}]'
+    taxonomy = JudgeResult("t", "taxonomy", False, None, raw)
+    assert reparse(taxonomy).score == pytest.approx(0.45)
+    assert reparse(taxonomy, CodeJudgeConfig(major_weight=100)).score == 0.0
+    assert reparse(JudgeResult("t", "rubric", False, None, "Score: 3")).score == 0.75  # 3 / 4
 
 
 # Rubric 0-4

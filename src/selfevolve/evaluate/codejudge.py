@@ -467,20 +467,31 @@ def _ask(
     return [c.text for c in completions]
 
 
-def _result(
-    item: _Item, mode: str, raw: str, decode: Callable[[str], tuple[float, Any]], **extra
-) -> JudgeResult:
+def _score(mode: str, raw: str, config: CodeJudgeConfig) -> tuple[float, list[Inconsistency] | None]:
+    """A mode's score (and, for taxonomy, the inconsistencies) from its raw output; UnparseableOutput if none."""
+    if mode == "taxonomy":
+        found = parse_inconsistencies(raw)
+        return taxonomy_score(found, config), found
+    if mode == "rubric":
+        return parse_rubric(raw) / 4, None
+    return float(parse_yes_no(raw)), None
+
+
+def _result(task_id: str, mode: str, raw: str, config: CodeJudgeConfig, **extra) -> JudgeResult:
     try:
-        score, detail = decode(raw)
+        score, detail = _score(mode, raw, config)
     except UnparseableOutput as err:
-        return JudgeResult(item.task_id, mode, valid=False, score=None, raw=raw, error=str(err), **extra)
+        return JudgeResult(task_id, mode, valid=False, score=None, raw=raw, error=str(err), **extra)
     if detail is not None:
         extra["inconsistencies"] = detail
-    return JudgeResult(item.task_id, mode, valid=True, score=score, raw=raw, **extra)
+    return JudgeResult(task_id, mode, valid=True, score=score, raw=raw, **extra)
 
 
-def _yes_no(raw: str) -> tuple[float, None]:
-    return float(parse_yes_no(raw)), None
+def reparse(result: JudgeResult, config: CodeJudgeConfig | None = None) -> JudgeResult:
+    """``result`` scored again from its raw output by the current parsers, without a model call (a verdict
+    cached under an older parser then counts as this one reads it)."""
+    extra = {"analysis": result.analysis, "seconds": result.seconds}
+    return _result(result.task_id, result.mode, result.raw, config or CodeJudgeConfig(), **extra)
 
 
 def judge_analyze(backend: Backend, items: list[_Item], config: CodeJudgeConfig) -> list[JudgeResult]:
@@ -488,35 +499,30 @@ def judge_analyze(backend: Backend, items: list[_Item], config: CodeJudgeConfig)
     prompts = [analyze_prompt(i.problem, i.code, i.reference, config.language) for i in items]
     analyses = _ask(backend, prompts, config.analysis_max_new_tokens, config)
     answers = _ask(backend, [summary_prompt(a) for a in analyses], config.summary_max_new_tokens, config)
-    return [_result(i, "analyze", raw, _yes_no, analysis=a) for i, a, raw in zip(items, analyses, answers)]
+    return [
+        _result(i.task_id, "analyze", raw, config, analysis=a) for i, a, raw in zip(items, analyses, answers)
+    ]
 
 
 def judge_taxonomy(backend: Backend, items: list[_Item], config: CodeJudgeConfig) -> list[JudgeResult]:
     """Fault localization: a JSON list of inconsistencies, scored by severity."""
     prompts = [taxonomy_prompt(i.problem, i.code, i.reference, config.language) for i in items]
     answers = _ask(backend, prompts, config.taxonomy_max_new_tokens, config)
-
-    def decode(raw: str) -> tuple[float, list[Inconsistency]]:
-        found = parse_inconsistencies(raw)
-        return taxonomy_score(found, config), found
-
-    return [_result(i, "taxonomy", raw, decode) for i, raw in zip(items, answers)]
+    return [_result(i.task_id, "taxonomy", raw, config) for i, raw in zip(items, answers)]
 
 
 def judge_vanilla(backend: Backend, items: list[_Item], config: CodeJudgeConfig) -> list[JudgeResult]:
     """Baseline: Yes / No in one call."""
     prompts = [vanilla_prompt(i.problem, i.code, i.reference, config.language) for i in items]
     answers = _ask(backend, prompts, config.answer_max_new_tokens, config)
-    return [_result(i, "vanilla", raw, _yes_no) for i, raw in zip(items, answers)]
+    return [_result(i.task_id, "vanilla", raw, config) for i, raw in zip(items, answers)]
 
 
 def judge_rubric(backend: Backend, items: list[_Item], config: CodeJudgeConfig) -> list[JudgeResult]:
     """Baseline: a 0-4 rating in one call, scored rating / 4."""
     prompts = [rubric_prompt(i.problem, i.code, i.reference, config.language) for i in items]
     answers = _ask(backend, prompts, config.answer_max_new_tokens, config)
-    return [
-        _result(i, "rubric", raw, lambda r: (parse_rubric(r) / 4, None)) for i, raw in zip(items, answers)
-    ]
+    return [_result(i.task_id, "rubric", raw, config) for i, raw in zip(items, answers)]
 
 
 JUDGES: dict[str, Callable[[Backend, list[_Item], CodeJudgeConfig], list[JudgeResult]]] = {
