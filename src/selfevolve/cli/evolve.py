@@ -43,6 +43,14 @@ class _Bars:
             print_(f"[bold]iteration {event.iteration}[/bold]: {event.message}")
 
 
+def _verdict(record) -> str:
+    if record.iteration == 0:
+        return "base"
+    if not record.accepted:
+        return "rolled back"
+    return "accepted" if record.result["updated"] else "no update"
+
+
 def _number(value) -> str:
     return "n/a" if value is None else f"{value:.4g}" if isinstance(value, float | int) else str(value)
 
@@ -58,7 +66,7 @@ def _summary(summary, console: Console) -> None:
         )
     table.add_row(
         "update",
-        *("base" if r.iteration == 0 else "accepted" if r.accepted else "rolled back" for r in iterations),
+        *(_verdict(r) for r in iterations),
     )
     for metric in sorted({m for r in iterations for m in r.result["scores"]}):
         table.add_row(metric, *(_number(r.result["scores"].get(metric, "")) for r in iterations))

@@ -133,6 +133,14 @@ def _loss_plot(steps: list[StepRecord]) -> str:
     return _png(figure)
 
 
+def _verdict(record: IterationRecord) -> str:
+    if not record.accepted:
+        return '<span class="bad">rolled back</span>'
+    if record.iteration == 0:
+        return "base model"
+    return '<span class="ok">accepted</span>' if record.result.get("updated") else "no update"
+
+
 def _number(value: object) -> str:
     """A metric for a table: 4 significant digits; "n/a" for a value that was not finite."""
     return "n/a" if value is None else f"{value:.4g}" if isinstance(value, float | int) else str(value)
@@ -248,7 +256,7 @@ def render_report(run_dir: str | Path) -> str:
         rows = [
             [
                 str(r.iteration) + (" ★" if r.iteration == shipped else ""),
-                '<span class="ok">accepted</span>' if r.accepted else '<span class="bad">rolled back</span>',
+                _verdict(r),
                 _e(r.reason),
                 *(_number(r.result["scores"].get(m, "")) for m in metrics),
             ]

@@ -317,6 +317,7 @@ class _Loop:
             "scores": scores,
             "base_scores": scores if previous is None else previous.result["base_scores"],
             "candidate": model.revision,
+            "updated": checkpoint is not None,
             "current": current,
             "revision": revision,
             "best_value": best_value,
