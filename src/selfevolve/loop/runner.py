@@ -164,7 +164,9 @@ class _Loop:
     def __init__(self, config: RunConfig, run_dir: Path, store: ExperienceStore, emit) -> None:
         self.config, self.run_dir, self.store, self.emit = config, run_dir, store, emit
         runs = store.runs()
-        self.run_id = runs[0].id if runs else store.start_run("evolve", run_config_dict(config))
+        self.run_id = (
+            runs[0].id if runs else store.start_run(f"evolve {run_dir.name}", run_config_dict(config))
+        )
         self._base: LocalModel | None = None
 
     def base(self) -> LocalModel:
