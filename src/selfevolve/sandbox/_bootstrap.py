@@ -1,8 +1,10 @@
-"""The code that runs first inside the sandbox: ``python -I -c START <this file's code> <config>``.
+"""The code that runs first inside the sandbox: ``python -I -S -c START <this file's code> <config>``.
 
 It runs as ``__main__`` from its code object (compiled once by the harness; the config is marshal data too),
-never imported by selfevolve. It imports only modules built into the interpreter, so that a program that
-imports nothing starts fast; a served run also gets ``wire.py``'s code in the config. In order it drops to the
+never imported by selfevolve: it reaches the sandbox on the command line, so no file of selfevolve or of any
+site-packages has to be visible there. It imports only modules built into the interpreter, so that a program
+that imports nothing starts fast; a served run also gets ``wire.py``'s code in the config. It gives the program
+the ``exit`` and ``quit`` that ``site`` (skipped by ``-S``) would have. In order it drops to the
 sandbox uid (bubblewrap as root), sets the resource limits, installs the audit-hook guards (tiers without
 namespaces), runs the program as ``__main__`` and tells the harness on the report pipe how the program ended.
 In a served run (:func:`selfevolve.sandbox.run_remote`) the original process then answers calls to the
@@ -12,6 +14,7 @@ a verdict: the harness trusts no byte this process writes.
 
 from __future__ import annotations
 
+import _sitebuiltins
 import builtins
 import marshal
 import os
@@ -94,17 +97,28 @@ def resolve(path: object, dir_fd: object = None) -> str | None:
         return None
 
 
-def install_guard(workdir: str, allow_fork: bool) -> None:
-    """Audit hooks (permanent once added) that keep writes in ``workdir`` and block network, exec and signals."""
+def install_guard(workdir: str, allow_fork: bool, view: dict) -> None:
+    """Audit hooks (permanent once added) that keep writes in ``workdir``, reads in the ``view`` (what bubblewrap
+    would show), and block network, exec and signals."""
     workdir = os.path.realpath(workdir)
     session = os.getsid(0)
+    shown = (workdir, *view["shown"])
+    hidden = tuple(view["hidden"])
 
-    def inside(path: object, dir_fd: object = None) -> bool:
-        real = resolve(path, dir_fd)
-        return real is not None and (real == "/dev/null" or real == workdir or real.startswith(workdir + "/"))
+    def within(real: str | None, roots: tuple[str, ...]) -> bool:
+        return real is not None and any(real == root or real.startswith(root + "/") for root in roots)
 
-    def other_process(path: object) -> bool:
-        real = resolve(path)  # resolved first, so that no spelling (.., symlinks, /proc/self/root) gets past
+    def inside(real: str | None) -> bool:
+        return real == "/dev/null" or within(real, (workdir,))
+
+    def unseen(real: str | None) -> bool:
+        """Outside the view and there (a path that is not there, such as a descriptor's, opens nothing new)."""
+        if real is None:
+            return True
+        return (within(real, hidden) or not within(real, shown)) and os.path.lexists(real)
+
+    def other_process(real: str | None) -> bool:
+        """``real`` is resolved, so no spelling (``..``, symlinks, ``/proc/self/root``) gets past."""
         parts = real.split("/") if real else []
         return len(parts) > 2 and parts[1] == "proc" and parts[2].isdigit() and int(parts[2]) != _getpid()
 
@@ -125,12 +139,17 @@ def install_guard(workdir: str, allow_fork: bool) -> None:
             path, mode, flags = args
             if isinstance(path, int):
                 return
+            real = resolve(path)
             writes = any(c in mode for c in "wax+") if isinstance(mode, str) else bool(flags & WRITE_FLAGS)
-            if (writes and not inside(path)) or other_process(path):
+            if (writes and not inside(real)) or other_process(real) or unseen(real):
                 deny(f"open {path!r}")
+        elif event in ("os.listdir", "os.scandir"):
+            real = resolve("." if args[0] is None else args[0])
+            if other_process(real) or unseen(real):
+                deny(f"{event} {args[0]!r}")
         elif event in PATH_EVENTS:
             for at, fd_at in PATH_EVENTS[event]:
-                if not inside(args[at], None if fd_at is None else args[fd_at]):
+                if not inside(resolve(args[at], None if fd_at is None else args[fd_at])):
                     deny(f"{event} {args[at]!r}")
         elif event in ("os.kill", "os.killpg"):
             pid = args[0] if event == "os.kill" else -args[0]
@@ -277,6 +296,9 @@ def print_error(exc: BaseException) -> None:
 def main() -> None:
     """Drop privileges, set limits, install guards, run the program."""
     config = marshal.loads(bytes.fromhex(sys.argv[2]))
+    builtins.exit, builtins.quit = (
+        _sitebuiltins.Quitter(name, "Ctrl-D (i.e. EOF)") for name in ("exit", "quit")
+    )
     if config["drop"] is not None:
         uid, gid = config["drop"]
         os.setgroups([])
@@ -285,7 +307,7 @@ def main() -> None:
     for name, (soft, hard) in config["limits"].items():
         resource.setrlimit(getattr(resource, name), (soft, hard))
     if config["guard"]:
-        install_guard(config["workdir"], config["allow_fork"])
+        install_guard(config["workdir"], config["allow_fork"], config["view"])
     run(config)
 
 

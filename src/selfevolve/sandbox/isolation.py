@@ -1,38 +1,147 @@
-"""The protection tiers a sandboxed program can run under, strongest first, and the process bookkeeping they need.
+"""The protection tiers a sandboxed program can run under, strongest first, the part of the host it may see, and
+the process bookkeeping they need.
+
+Every tier runs the base interpreter (never a virtualenv's) with ``-I -S``: no site-packages on ``sys.path``.
+What a program may read is its :class:`View`: the system directories, the interpreter, its standard library
+(site-packages inside it hidden) and its work directory; never the harness's virtualenv, checkout, data or home.
 
 ``bwrap``
-    bubblewrap: own pid, network, ipc and uts namespaces; the host filesystem read-only, an empty read-only
-    ``/tmp`` and private ``/dev/shm``; only the work directory is writable; everything in the pid namespace
-    dies with the run (and with the harness, ``--die-with-parent``). As root the program drops to uid 65534
-    so that ``RLIMIT_NPROC`` applies; directories that uid cannot enter are replaced by a tmpfs holding only
-    the interpreter's own paths (so ``/root`` is hidden). No guard runs in the program's process.
+    bubblewrap: own pid, network, ipc and uts namespaces; a read-only empty root holding only the view (each
+    site-packages inside it covered by an empty read-only tmpfs), a fresh ``/dev`` and ``/proc``, an empty
+    read-only ``/tmp`` and a private ``/dev/shm``; only the work directory is writable; everything in the pid
+    namespace dies with the run (and with the harness, ``--die-with-parent``). As root the program drops to uid
+    65534 so that ``RLIMIT_NPROC`` applies. No guard runs in the program's process.
 ``netns``
     ``unshare --net``: a network namespace with nothing in it, plus the ``process`` guards below.
 ``process``
     No kernel isolation beyond resource limits and a fresh session: audit hooks inside the interpreter resolve
-    every path (``..``, symlinks, ``dir_fd``) and block writes outside the work directory, reading other
-    processes' ``/proc`` entries, sockets, starting programs (exec, ``subprocess``), native code (``ctypes``)
-    and signals to processes outside the run; leftovers are
-    found by a marker in their environment and killed. Audit hooks are not a security boundary: they stop
-    ordinary and careless code, not code written to escape this harness. When the harness runs as root and
-    uid 65534 cannot use the interpreter, the program stays root, so ``fork`` is blocked too
-    (``RLIMIT_NPROC`` does not apply to root).
+    every path (``..``, symlinks, ``dir_fd``), refuse opening or listing what exists outside the view (native
+    code that opens files itself, such as ``sqlite3``, is not covered) and block writes outside the work
+    directory, reading other processes' ``/proc`` entries, sockets, starting programs (exec, ``subprocess``),
+    native code (``ctypes``) and signals to processes outside the run; leftovers are found by a marker in their
+    environment and killed. Audit hooks are not a security boundary: they stop ordinary and careless code, not
+    code written to escape this harness. When the harness runs as root and uid 65534 cannot use the
+    interpreter, the program stays root, so ``fork`` is blocked too (``RLIMIT_NPROC`` does not apply to root).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import glob
 import os
 import shutil
 import signal
-import stat
+import site
 import sys
+import sysconfig
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 TIERS = ("bwrap", "netns", "process")
 NOBODY = (65534, 65534)
 MARKER_VAR = "SELFEVOLVE_SANDBOX_RUN"
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+LOADER_CACHE = "/etc/ld.so.cache"  # how the dynamic loader finds libraries outside its default folders
+# Devices a guarded tier lets a program open: those bubblewrap's fresh /dev has (not the host's disks, say).
+DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/shm")
+FRESH = ("--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/dev/shm", "--tmpfs", "/tmp")
+SITE_GLOBS = ("/usr/lib/python3*/*-packages", "/usr/local/lib/python3*/*-packages")
+
+
+@dataclass(frozen=True)
+class View:
+    """What a sandboxed program may read besides its work directory, as real paths.
+
+    ``interpreter`` is the base interpreter's executable; ``shown`` the system directories, the interpreter,
+    its standard library, ``lib-dynload``, ``libpython`` and the loader cache; ``hidden`` the site-packages (and
+    the harness's virtualenv, checkout and home) that lie inside a shown path and are covered up there.
+    """
+
+    interpreter: str
+    shown: tuple[str, ...]
+    hidden: tuple[str, ...]
+
+    def bwrap_args(self) -> list[str]:
+        """bubblewrap arguments that build the view in an empty root (merged-/usr symlinks kept as symlinks);
+        ``/tmp`` becomes a tmpfs before anything is bound under it."""
+        args = []
+        system = [d for d in SYSTEM_DIRS if os.path.isdir(d) and not os.path.islink(d)]
+        for folder in SYSTEM_DIRS:
+            if os.path.islink(folder) and _within(os.path.realpath(folder), system):
+                args += ["--symlink", os.readlink(folder), folder]
+            elif os.path.isdir(folder):
+                args += ["--ro-bind", folder, folder]
+        binds = [path for path in self.shown if not _within(path, system)]
+        args += [*FRESH, *_parents(*binds)]
+        for path in binds:
+            args += ["--ro-bind", path, path]
+        for path in self.hidden:
+            args += ["--tmpfs", path, "--remount-ro", path]
+        return args
+
+    def config(self) -> dict[str, list[str]]:
+        """The view as the bootstrap's guard takes it: with bubblewrap's ``/proc`` and devices."""
+        return {"shown": ["/proc", *DEVICES, *self.shown], "hidden": list(self.hidden)}
+
+
+@functools.cache
+def view() -> View:
+    """This harness's view, computed once per process."""
+    interpreter = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+    if not os.access(interpreter, os.X_OK):
+        interpreter = os.path.realpath(sys.executable)
+    prefixes = {"base": sys.base_prefix, "installed_base": sys.base_prefix}
+    prefixes.update(platbase=sys.base_exec_prefix, installed_platbase=sys.base_exec_prefix)
+    paths = sysconfig.get_paths(vars=prefixes)  # the base install's, also when this is a virtualenv
+    stdlib_zip = f"python{sys.version_info[0]}{sys.version_info[1]}.zip"
+    needed = [*SYSTEM_DIRS, LOADER_CACHE, interpreter, paths["stdlib"], paths["platstdlib"], *_libpython()]
+    needed += [p for p in sys.path if os.path.basename(p) in ("lib-dynload", stdlib_zip)]
+    shown = _outermost(sorted({os.path.realpath(p) for p in needed if os.path.exists(p)}))
+    private = [*site.getsitepackages([sys.base_prefix, sys.base_exec_prefix]), *site.getsitepackages()]
+    private += [site.getusersitepackages(), paths["purelib"], paths["platlib"], sys.prefix]
+    private += [_checkout(), os.path.expanduser("~"), *(p for g in SITE_GLOBS for p in glob.glob(g))]
+    hidden = {os.path.realpath(p) for p in private if os.path.isdir(p)}
+    hidden = {h for h in hidden if _within(h, shown) and not any(_within(s, [h]) for s in shown)}
+    return View(interpreter, tuple(shown), tuple(_outermost(sorted(hidden))))
+
+
+def _libpython() -> list[str]:
+    """The shared ``libpython`` this interpreter loaded, if any (as its memory map names it)."""
+    with open("/proc/self/maps") as maps:
+        found = {line.split(None, 5)[-1].strip() for line in maps if "/libpython" in line}
+    return sorted(p for p in found if p.startswith("/"))
+
+
+def _checkout() -> str:
+    """The folder this package was loaded from: a checkout's root for a ``src`` layout."""
+    package = Path(__file__).resolve().parents[2]
+    return str(package.parent if package.name == "src" else package)
+
+
+def _parents(*paths: str) -> list[str]:
+    """bubblewrap arguments that make the folders above ``paths`` in the sandbox's root open to every uid (those
+    it makes for a bind are 0700, closed to uid 65534); folders inside system directories are left alone."""
+    system = [os.path.realpath(d) for d in SYSTEM_DIRS]
+    folders = sorted({a for path in paths for a in _ancestors(path) if not _within(a, system)})
+    return [arg for folder in folders for arg in ("--perms", "0755", "--dir", folder)]
+
+
+def _ancestors(path: str) -> list[str]:
+    """``/a/b/c`` -> ``['/a', '/a/b']`` (the path itself excluded)."""
+    parts = path.strip("/").split("/")
+    return ["/" + "/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _within(path: str, roots: list[str] | tuple[str, ...]) -> bool:
+    """``path`` is one of ``roots`` or lies inside one."""
+    return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
+
+
+def _outermost(paths: list[str]) -> list[str]:
+    """``paths`` without those inside another of them."""
+    return [p for p in paths if not any(p != q and _within(p, [q]) for q in paths)]
 
 
 @dataclass(frozen=True)
@@ -57,7 +166,8 @@ class Isolation:
         """The launcher arguments that go before the interpreter for a run in ``workdir``."""
         if self.name != "bwrap":
             return list(self.prefix)
-        return [*self.prefix, "--bind", workdir, workdir, "--remount-ro", "/tmp", "--chdir", workdir]
+        tail = ["--bind", workdir, workdir, "--remount-ro", "/tmp", "--remount-ro", "/", "--chdir", workdir]
+        return [*self.prefix, *_parents(workdir), *tail]
 
     @property
     def nproc_uid(self) -> int | None:
@@ -72,18 +182,12 @@ def candidates() -> list[Isolation]:
     found = []
     bwrap = shutil.which("bwrap")
     if bwrap:
-        common = (bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts")
-        common += ("--unshare-cgroup-try", "--die-with-parent", "--new-session", "--ro-bind", "/", "/")
-        common += ("--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/dev/shm")
-        common += ("--tmpfs", "/tmp", *_tmp_binds())
+        common = ("--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try")
+        common += ("--die-with-parent", "--new-session", *view().bwrap_args())
         if root:
-            found.append(
-                Isolation("bwrap", (*common, *_reveal(_interpreter_paths())), NOBODY, True, guard=False)
-            )
+            found.append(Isolation("bwrap", (bwrap, *common), NOBODY, True, guard=False))
         else:
-            found.append(
-                Isolation("bwrap", (common[0], "--unshare-user", *common[1:]), userns=True, guard=False)
-            )
+            found.append(Isolation("bwrap", (bwrap, "--unshare-user", *common), userns=True, guard=False))
     unshare = shutil.which("unshare")
     if unshare:
         if root:
@@ -97,59 +201,6 @@ def candidates() -> list[Isolation]:
     else:
         found.append(Isolation("process"))
     return found
-
-
-def _interpreter_paths() -> list[str]:
-    """What the interpreter reads: its prefixes, the real executable's folder and the import path."""
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
-    paths.update(p for p in sys.path if p and os.path.isdir(p))
-    return sorted(os.path.realpath(p) for p in paths)
-
-
-def _outermost(paths: list[str]) -> list[str]:
-    """``paths`` without those inside another of them (binding the outer one covers them)."""
-    return [p for p in paths if not any(p.startswith(q + "/") for q in paths)]
-
-
-def _tmp_binds() -> list[str]:
-    """Read-only binds of the interpreter's and this package's paths that lie under ``/tmp``, which the
-    sandbox's empty ``/tmp`` would otherwise hide (a checkout or virtualenv in ``/tmp``, as on CI runners)."""
-    tmp = os.path.realpath("/tmp")
-    paths = {*_interpreter_paths(), os.path.realpath(os.path.dirname(__file__))}
-    inside = _outermost(sorted(p for p in paths if p.startswith(tmp + "/")))
-    return [arg for path in inside for arg in ("--ro-bind", path, path)]
-
-
-def _reveal(paths: list[str]) -> list[str]:
-    """bubblewrap arguments that let uid 65534 reach ``paths`` when an ancestor is closed to others.
-
-    The closed ancestor is covered by an empty read-only tmpfs into which only the needed paths are bound,
-    so the rest of it (``/root``, say) stays hidden.
-    """
-    args: list[str] = []
-    hidden: set[str] = set()
-    made: set[str] = set()
-    for path in _outermost(paths):
-        closed = next((a for a in _ancestors(path) if not os.stat(a).st_mode & stat.S_IXOTH), None)
-        if closed is None:
-            continue
-        if closed not in hidden:
-            hidden.add(closed)
-            args += ["--tmpfs", closed]
-        for parent in _ancestors(path):
-            if len(parent) > len(closed) and parent not in made:
-                made.add(parent)
-                args += ["--perms", "0755", "--dir", parent]
-        args += ["--ro-bind", path, path]
-    for closed in sorted(hidden):
-        args += ["--remount-ro", closed]
-    return args
-
-
-def _ancestors(path: str) -> list[str]:
-    """``/a/b/c`` -> ``['/a', '/a/b']`` (the path itself excluded)."""
-    parts = path.strip("/").split("/")
-    return ["/" + "/".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def count_tasks(uid: int) -> int:

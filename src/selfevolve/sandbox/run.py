@@ -3,9 +3,9 @@ from outside its process), :func:`run_remote` (a program whose functions trusted
 :func:`run_many` (a thread pool of the first two).
 
 Every run gets a fresh temporary work directory (its ``HOME`` and ``TMPDIR``, removed afterwards), a scrubbed
-environment, ``python -I`` (no user site, no ``PYTHON*`` variables, no script folder on ``sys.path``), its own
-session, and resource limits set inside the child: CPU seconds, address space, tasks (``RLIMIT_NPROC``), file
-size, open files, no core files. When the program ends or runs out of time, its whole process group is killed,
+environment, the base interpreter with ``-I -S`` (no site-packages, no ``PYTHON*`` variables, no script folder
+on ``sys.path``), its own session, and resource limits set inside the child: CPU seconds, address space, tasks
+(``RLIMIT_NPROC``), file size, open files, no core files. When the program ends or runs out of time, its whole process group is killed,
 then whatever escaped the group (see :mod:`selfevolve.sandbox.isolation` for how per tier).
 """
 
@@ -24,7 +24,6 @@ import selectors
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -36,7 +35,15 @@ from typing import TypeVar
 
 from selfevolve.errors import SelfEvolveError
 from selfevolve.sandbox import wire
-from selfevolve.sandbox.isolation import MARKER_VAR, TIERS, Isolation, candidates, count_tasks, kill_marked
+from selfevolve.sandbox.isolation import (
+    MARKER_VAR,
+    TIERS,
+    Isolation,
+    candidates,
+    count_tasks,
+    kill_marked,
+    view,
+)
 from selfevolve.sandbox.remote import MAX_REPLY, Remote, Stopped, Tests, compiled, judge
 
 T = TypeVar("T")
@@ -286,7 +293,7 @@ def _job(
         raise SelfEvolveError("env must map variable names (str, no '=') to str values")
     working = _working()
     if not working:
-        raise SelfEvolveError(f"no sandbox works here: {sys.executable} -I could not run a probe program")
+        raise SelfEvolveError(f"no sandbox works here: {view().interpreter} -I could not run a probe program")
     if isolation == "auto":
         chosen = next(iter(working.values()))
     elif isolation in working:
@@ -440,9 +447,10 @@ def _launch(
         "drop": isolation.drop if isolation.drop_inside else None,
         "limits": _limits(job),
         "guard": isolation.guard,
+        "view": view().config() if isolation.guard else None,
         "allow_fork": isolation.allow_fork,
     }
-    argv = [*isolation.command(workdir), sys.executable, "-I", "-B", "-X", "utf8", "-c", START]
+    argv = [*isolation.command(workdir), view().interpreter, "-I", "-S", "-B", "-X", "utf8", "-c", START]
     argv.append(_compiled_hex(BOOTSTRAP))
     drop = {}
     if isolation.drop and not isolation.drop_inside:
