@@ -32,13 +32,7 @@ from pathlib import Path
 import torch
 
 from benchmarks._common import print_table, write_results
-from selfevolve.acquire.mutate import (
-    Candidate,
-    labelled_candidates,
-    load_candidates,
-    model_samples,
-    save_candidates,
-)
+from selfevolve.acquire.mutate import labelled_candidates, load_candidates, model_samples, save_candidates
 from selfevolve.config import config_to_dict
 from selfevolve.evaluate.codejudge import (
     MODES,
@@ -48,7 +42,8 @@ from selfevolve.evaluate.codejudge import (
     judge_metrics,
     reparse,
 )
-from selfevolve.evaluate.humaneval import Problem, load_humaneval
+from selfevolve.evaluate.humaneval import load_humaneval
+from selfevolve.records import Candidate, Problem
 from selfevolve.runtime import load_model
 from selfevolve.runtime.registry import lookup
 

@@ -28,9 +28,10 @@ from pathlib import Path
 import torch
 
 from benchmarks._common import print_table, write_results
-from selfevolve.acquire.knowledge import QAItem, fictional_knowledge
+from selfevolve.acquire.knowledge import fictional_knowledge
 from selfevolve.acquire.synthesize import SynthesisConfig, synthesize
 from selfevolve.evaluate.qa import Retriever, answer_questions, in_context, perplexity
+from selfevolve.records import QAItem
 from selfevolve.runtime import DEFAULT_MODEL, LocalModel, load_model
 from selfevolve.update.selfparam import (
     DistillationObjective,

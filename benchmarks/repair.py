@@ -28,7 +28,8 @@ from pathlib import Path
 
 from benchmarks._common import print_table, write_results
 from selfevolve.acquire.trace import Trace, TraceConfig, trace_call
-from selfevolve.evaluate.humaneval import Problem, load_humaneval
+from selfevolve.evaluate.humaneval import load_humaneval
+from selfevolve.records import Problem
 from selfevolve.runtime import load_model
 from selfevolve.runtime.registry import lookup
 from selfevolve.update.repair import RepairConfig, repair_train

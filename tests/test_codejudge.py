@@ -12,7 +12,6 @@ from collections.abc import Callable
 import pytest
 from typer.testing import CliRunner
 
-from selfevolve.acquire.mutate import Candidate
 from selfevolve.cli import app
 from selfevolve.config import load_config
 from selfevolve.errors import SelfEvolveError
@@ -30,6 +29,7 @@ from selfevolve.evaluate.codejudge import (
     taxonomy_score,
 )
 from selfevolve.evaluate.humaneval import load_humaneval
+from selfevolve.records import Candidate
 from selfevolve.runtime.backend import Completion
 
 runner = CliRunner()

@@ -13,7 +13,6 @@ import pytest
 
 from selfevolve.errors import SelfEvolveError
 from selfevolve.evaluate.humaneval import (
-    Sample,
     SampleResult,
     check_job,
     evaluate_samples,
@@ -23,6 +22,7 @@ from selfevolve.evaluate.humaneval import (
     pass_at_k_table,
     read_jsonl,
 )
+from selfevolve.records import Sample
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "humaneval" / "HumanEval.jsonl.gz"
 

@@ -11,7 +11,6 @@ import pytest
 from selfevolve.acquire.mutate import (
     METHOD,
     OPERATORS,
-    Candidate,
     extract_completion,
     label_by_execution,
     labelled_candidates,
@@ -22,7 +21,8 @@ from selfevolve.acquire.mutate import (
     save_candidates,
 )
 from selfevolve.errors import SelfEvolveError
-from selfevolve.evaluate.humaneval import Problem, load_humaneval
+from selfevolve.evaluate.humaneval import load_humaneval
+from selfevolve.records import Candidate, Problem
 from selfevolve.runtime.backend import Completion
 from selfevolve.store import ExperienceStore
 

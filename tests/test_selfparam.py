@@ -12,8 +12,6 @@ from torch.nn import functional as F
 
 from selfevolve.acquire.knowledge import (
     SIZES,
-    Document,
-    QAItem,
     fictional_knowledge,
     load_documents,
     load_questions,
@@ -22,7 +20,6 @@ from selfevolve.acquire.knowledge import (
 )
 from selfevolve.acquire.synthesize import (
     SynthesisConfig,
-    SynthesizedItem,
     clean_question,
     clean_statement,
     support,
@@ -34,13 +31,12 @@ from selfevolve.evaluate.qa import (
     answer_questions,
     answer_recall,
     exact_match,
-    normalize_answer,
     perplexity,
-    qa_prompt,
     score_answers,
-    split_passages,
     token_f1,
 )
+from selfevolve.prompts import normalize_answer, qa_prompt, split_passages
+from selfevolve.records import Document, QAItem, SynthesizedItem
 from selfevolve.runtime import load_model
 from selfevolve.store import ExperienceStore
 from selfevolve.update.losses import ForwardKLLoss, TopKForwardKLLoss, forward_kl, topk_forward_kl

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 from selfevolve._lazy import lazy_getattr
 
 _EXPORTS = {
-    "Document": "selfevolve.acquire.knowledge",
-    "QAItem": "selfevolve.acquire.knowledge",
+    "Document": "selfevolve.records",
+    "QAItem": "selfevolve.records",
     "KnowledgeSet": "selfevolve.acquire.knowledge",
     "SIZES": "selfevolve.acquire.knowledge",
     "fictional_knowledge": "selfevolve.acquire.knowledge",
@@ -17,9 +17,9 @@ _EXPORTS = {
     "write_documents": "selfevolve.acquire.knowledge",
     "write_questions": "selfevolve.acquire.knowledge",
     "SynthesisConfig": "selfevolve.acquire.synthesize",
-    "SynthesizedItem": "selfevolve.acquire.synthesize",
+    "SynthesizedItem": "selfevolve.records",
     "synthesize": "selfevolve.acquire.synthesize",
-    "Candidate": "selfevolve.acquire.mutate",
+    "Candidate": "selfevolve.records",
     "Mutant": "selfevolve.acquire.mutate",
     "labelled_candidates": "selfevolve.acquire.mutate",
     "mutants": "selfevolve.acquire.mutate",
@@ -32,18 +32,17 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from selfevolve.acquire.knowledge import (
         SIZES,
-        Document,
         KnowledgeSet,
-        QAItem,
         fictional_knowledge,
         load_documents,
         load_questions,
         write_documents,
         write_questions,
     )
-    from selfevolve.acquire.mutate import Candidate, Mutant, labelled_candidates, mutants
-    from selfevolve.acquire.synthesize import SynthesisConfig, SynthesizedItem, synthesize
+    from selfevolve.acquire.mutate import Mutant, labelled_candidates, mutants
+    from selfevolve.acquire.synthesize import SynthesisConfig, synthesize
     from selfevolve.acquire.trace import Trace, TraceConfig, trace_call, trace_many
+    from selfevolve.records import Candidate, Document, QAItem, SynthesizedItem
 
 __all__ = list(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

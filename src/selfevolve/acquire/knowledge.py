@@ -15,28 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from selfevolve.errors import SelfEvolveError
+from selfevolve.records import Document, QAItem
 from selfevolve.store import check_unique_ids, read_jsonl
 
 SIZES = {"single": 1, "small": 5, "batch": 10, "medium": 50, "large": 200}
 """Named sizes of fictional sets (number of documents)."""
-
-
-@dataclass(frozen=True)
-class Document:
-    """One piece of knowledge to inject: an id unique within its set, a short title (its subject), the text."""
-
-    id: str
-    title: str
-    text: str
-
-
-@dataclass(frozen=True)
-class QAItem:
-    """A question about document ``doc_id`` with its acceptable gold answers (the first is the canonical one)."""
-
-    doc_id: str
-    question: str
-    answers: tuple[str, ...]
 
 
 @dataclass(frozen=True)

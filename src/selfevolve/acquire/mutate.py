@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from selfevolve.errors import SelfEvolveError
-from selfevolve.evaluate.humaneval import Problem, Sample, evaluate_samples
+from selfevolve.evaluate.humaneval import evaluate_samples
+from selfevolve.records import Candidate, Problem, Sample
 from selfevolve.runtime.backend import Backend
 from selfevolve.store import Experience, ExperienceStore, read_jsonl, write_jsonl
 
@@ -59,19 +60,6 @@ class Mutant:
     operator: str  # one of OPERATORS
     completion: str
     description: str  # what changed, e.g. "`<` -> `>=` in `i < n`"
-
-
-@dataclass
-class Candidate:
-    """A program to judge with its execution label: ``passed`` is the ground truth (None when unknown)."""
-
-    task_id: str
-    source: str  # "canonical", "mutant", "model", or "file" (given by the user)
-    completion: str
-    passed: bool | None
-    status: str = ""  # the sandbox status ("ok", "failed", "timeout", ...), "" when not run
-    operator: str | None = None  # the mutation operator, for mutants
-    description: str = ""
 
 
 # Edits. Each operator looks at one node and yields (description, edit); an edit changes a node in place and

@@ -16,9 +16,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from selfevolve.acquire.knowledge import Document, QAItem
 from selfevolve.errors import SelfEvolveError
-from selfevolve.evaluate.qa import normalize_answer, qa_prompt, split_passages
+from selfevolve.prompts import normalize_answer, qa_prompt, split_passages
+from selfevolve.records import Document, QAItem, SynthesizedItem
 from selfevolve.runtime.model import LocalModel
 from selfevolve.store import Experience, ExperienceStore
 
@@ -59,17 +59,6 @@ class SynthesisConfig:
             raise ValueError(f"synthesis.min_support must be in [0, 1], got {self.min_support}")
         if self.temperature <= 0 or self.max_new_tokens < 1:
             raise ValueError("synthesis.temperature must be positive and max_new_tokens at least 1")
-
-
-@dataclass(frozen=True)
-class SynthesizedItem:
-    """One training experience: the student's prompt text (no document), the target text, its provenance."""
-
-    doc_id: str
-    request: str  # the user turn: a question, or a request for a fact about the document's subject
-    response: str  # the answer or statement (the tokens trained on)
-    source: str  # "question" (model-written), "given" (a supplied question), "statement" or "sentence"
-    support: float  # share of the response's content words found in the document
 
 
 def content_words(text: str) -> list[str]:

@@ -15,17 +15,19 @@ _EXPORTS = {
         "answer_questions",
         "answer_recall",
         "exact_match",
-        "normalize_answer",
         "perplexity",
-        "qa_prompt",
         "score_answers",
         "token_f1",
     )
 }
 _EXPORTS |= {name: "selfevolve.evaluate.gcg" for name in ("GCGConfig", "GCGResult", "gcg")}
 _EXPORTS |= {
-    name: "selfevolve.evaluate.humaneval"
-    for name in ("Problem", "evaluate_samples", "load_humaneval", "pass_at_k")
+    name: "selfevolve.evaluate.humaneval" for name in ("evaluate_samples", "load_humaneval", "pass_at_k")
+}
+_EXPORTS |= {
+    "normalize_answer": "selfevolve.prompts",
+    "qa_prompt": "selfevolve.prompts",
+    "Problem": "selfevolve.records",
 }
 _EXPORTS |= {
     name: "selfevolve.evaluate.codejudge"
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
     from selfevolve.evaluate.acr_targets import Target, builtin_targets, load_targets
     from selfevolve.evaluate.codejudge import CodeJudgeConfig, JudgeResult, judge, judge_metrics
     from selfevolve.evaluate.gcg import GCGConfig, GCGResult, gcg
-    from selfevolve.evaluate.humaneval import Problem, evaluate_samples, load_humaneval, pass_at_k
+    from selfevolve.evaluate.humaneval import evaluate_samples, load_humaneval, pass_at_k
     from selfevolve.evaluate.memorization import ACRResult, MiniPromptConfig, acr_audit, minprompt_search
     from selfevolve.evaluate.qa import (
         QAResult,
@@ -51,12 +53,12 @@ if TYPE_CHECKING:
         answer_questions,
         answer_recall,
         exact_match,
-        normalize_answer,
         perplexity,
-        qa_prompt,
         score_answers,
         token_f1,
     )
+    from selfevolve.prompts import normalize_answer, qa_prompt
+    from selfevolve.records import Problem
 
 __all__ = list(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -32,9 +32,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from selfevolve.acquire.mutate import Candidate
 from selfevolve.errors import SelfEvolveError
-from selfevolve.evaluate.humaneval import Problem
+from selfevolve.records import Candidate, Problem
 from selfevolve.runtime.backend import Backend, Message
 
 MODES = ("analyze", "taxonomy", "vanilla", "rubric")

@@ -17,30 +17,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from selfevolve.errors import SelfEvolveError
+from selfevolve.records import Problem, Sample
 from selfevolve.runtime.registry import package_dir
 from selfevolve.sandbox.remote import Tests
 from selfevolve.store import read_jsonl
 
 PROBLEM_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "test")
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One HumanEval task: a function signature with docstring, its reference body and its test code."""
-
-    task_id: str
-    prompt: str
-    entry_point: str
-    canonical_solution: str
-    test: str
-
-
-@dataclass(frozen=True)
-class Sample:
-    """A completion (the function body that follows ``prompt``) for one task; the human-eval samples format."""
-
-    task_id: str
-    completion: str
 
 
 @dataclass(frozen=True)

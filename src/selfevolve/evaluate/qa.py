@@ -19,19 +19,13 @@ from pathlib import Path
 
 import torch
 
-from selfevolve.acquire.knowledge import Document, QAItem
 from selfevolve.errors import SelfEvolveError
-from selfevolve.runtime.backend import Prompt
+from selfevolve.prompts import normalize_answer, qa_prompt, split_passages, text_example
+from selfevolve.records import Document, QAItem
 from selfevolve.runtime.model import LocalModel
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = set(string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD normalization: lower-case, no punctuation, no articles, single spaces."""
-    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
-    return " ".join(_ARTICLES.sub(" ", text).split())
 
 
 def token_f1(prediction: str, gold: str) -> float:
@@ -59,15 +53,6 @@ def answer_recall(prediction: str, gold: str) -> float:
 def best_over(metric: Callable[[str, str], float], prediction: str, answers: Sequence[str]) -> float:
     """The best ``metric`` over the gold answers (SQuAD's rule for several references)."""
     return max(metric(prediction, gold) for gold in answers)
-
-
-def qa_prompt(question: str, context: str | None = None) -> Prompt:
-    """The chat every method answers with: the question as the user turn, any context as the system message.
-
-    Teacher (with the document) and student (without it) thus share the user turn word for word.
-    """
-    messages = [{"role": "system", "content": context}] if context else []
-    return [*messages, {"role": "user", "content": question}]
 
 
 @dataclass
@@ -135,20 +120,6 @@ def in_context(items: Sequence[QAItem], documents: Sequence[Document]) -> list[s
     return [by_id[q.doc_id] for q in items]
 
 
-def split_passages(text: str, max_words: int = 120) -> list[str]:
-    """Sentences of ``text`` packed greedily into passages of at most ``max_words`` words."""
-    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s.strip()]
-    passages, current = [], []
-    for sentence in sentences:
-        if current and len(" ".join([*current, sentence]).split()) > max_words:
-            passages.append(" ".join(current))
-            current = []
-        current.append(sentence)
-    if current:
-        passages.append(" ".join(current))
-    return passages
-
-
 class Retriever:
     """Dense retrieval over document passages with all-MiniLM-L6-v2 (mean pooling, cosine similarity).
 
@@ -198,14 +169,6 @@ class Retriever:
         scores = self.embed(questions) @ self.index.T  # (Q, P)
         best = scores.topk(min(self.top_k, len(self.passages)), dim=-1).indices.tolist()
         return ["\n\n".join(self.passages[i] for i in row) for row in best]
-
-
-def text_example(model: LocalModel, text: str) -> tuple[str, list[int]]:
-    """Plain text as (prompt, continuation ids): the first token as the prompt, every other token as target."""
-    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) < 2:
-        raise SelfEvolveError(f"text {text[:40]!r} is too short: it needs at least two tokens")
-    return model.tokenizer.decode(ids[:1]), ids[1:]
 
 
 def perplexity(

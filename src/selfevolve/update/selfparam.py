@@ -28,10 +28,10 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from selfevolve.acquire.knowledge import Document, QAItem
-from selfevolve.acquire.synthesize import SynthesisConfig, SynthesizedItem, synthesize
+from selfevolve.acquire.synthesize import SynthesisConfig, synthesize
 from selfevolve.errors import SelfEvolveError
-from selfevolve.evaluate.qa import qa_prompt, text_example
+from selfevolve.prompts import qa_prompt, text_example
+from selfevolve.records import Document, QAItem, SynthesizedItem
 from selfevolve.runtime.backend import Prompt
 from selfevolve.runtime.model import LocalModel
 from selfevolve.store import ExperienceStore, read_jsonl, write_jsonl

@@ -15,10 +15,9 @@ from typing import Literal
 
 import torch
 
-from selfevolve.acquire.knowledge import Document
-from selfevolve.acquire.synthesize import SynthesizedItem
 from selfevolve.errors import SelfEvolveError
-from selfevolve.evaluate.qa import qa_prompt, split_passages, text_example
+from selfevolve.prompts import qa_prompt, split_passages, text_example
+from selfevolve.records import Document, SynthesizedItem
 from selfevolve.runtime.backend import Prompt
 from selfevolve.runtime.model import LocalModel
 from selfevolve.update.losses import ContinuationCrossEntropy

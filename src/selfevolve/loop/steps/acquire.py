@@ -11,18 +11,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 
-from selfevolve.acquire.knowledge import (
-    Document,
-    QAItem,
-    fictional_knowledge,
-    load_documents,
-    load_questions,
-)
+from selfevolve.acquire.knowledge import fictional_knowledge, load_documents, load_questions
 from selfevolve.acquire.synthesize import SynthesisConfig, synthesize
 from selfevolve.acquire.trace import token_counter
 from selfevolve.errors import SelfEvolveError
-from selfevolve.evaluate.humaneval import Problem, load_humaneval
+from selfevolve.evaluate.humaneval import load_humaneval
 from selfevolve.loop.state import LoopState, StepResult, existing_path
+from selfevolve.records import Document, Problem, QAItem
 from selfevolve.store import Experience
 from selfevolve.update.repair import (
     CLOSING_FENCE,

@@ -7,12 +7,13 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from selfevolve.acquire.knowledge import QAItem, fictional_knowledge, load_documents, load_questions
+from selfevolve.acquire.knowledge import fictional_knowledge, load_documents, load_questions
 from selfevolve.acquire.trace import token_counter
 from selfevolve.evaluate.humaneval import load_humaneval
 from selfevolve.evaluate.qa import QAResult, answer_questions, perplexity
 from selfevolve.loop.state import LoopState, StepResult, existing_path
 from selfevolve.loop.steps._general import GENERAL_QUESTIONS, GENERAL_TEXTS
+from selfevolve.records import QAItem
 from selfevolve.store import Experience
 from selfevolve.update.repair import (
     RepairConfig,

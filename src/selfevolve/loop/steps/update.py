@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from selfevolve.acquire.knowledge import load_documents
-from selfevolve.acquire.synthesize import SynthesizedItem
 from selfevolve.loop.state import LoopState, StepResult, clone_model, existing_path
 from selfevolve.loop.steps.acquire import QA, REPAIR, REPAIR_PROBLEM, repair_problem, stored_documents
+from selfevolve.records import SynthesizedItem
 from selfevolve.store import Decision, Experience
 from selfevolve.update.repair import answer_target, repair_prompt
 from selfevolve.update.selfparam import SelfParamConfig, inject
