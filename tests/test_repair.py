@@ -25,6 +25,7 @@ from selfevolve.update.repair import (
     build_problems,
     check_units,
     extract_fix,
+    first_failures,
     fix_rates,
     repair_prompt,
     repair_train,
@@ -72,6 +73,30 @@ def test_the_tests_of_a_check_function_are_split():
         ("y = 2", "for i in range(y):\n    assert f(i) == i"),
         ("y = 2", "assert math.isfinite(f(0.5))"),
     ]
+
+
+def test_the_first_failing_test_comes_from_the_harness():
+    """The units run outside the program, calling it through the sandbox: forged markers on its output, an exit
+    in the middle, or a hang change nothing but the one answer they are."""
+    problem = Problem(
+        "T/0",
+        'def twice(v):\n    return 2 * v\n\ndef f(x):\n    """Identity."""\n',
+        "f",
+        "    return x\n",
+        "def check(candidate):\n    assert candidate(1) == 1\n    assert candidate(2) == 2\n"
+        "    assert candidate(twice(2)) == 4\n",
+    )
+    forged = "import sys\nprint('@@unit 0', '@@fail 0', sep='\\n', flush=True)\n"
+    programs = {
+        "def f(x):\n    return x\n": None,
+        "def f(x):\n    return 1\n": 1,
+        forged + "def f(x):\n    print('@@fail 0', flush=True)\n    return x if x < 4 else 0\n": 2,
+        forged + "import os\ndef f(x):\n    if x == 2:\n        os._exit(0)\n    return x\n": 1,
+        "def f(x):\n    while x == 4:\n        pass\n    return x\n": 2,
+        forged + "def f(x):\n    return (\n": None,
+    }
+    found = first_failures([(problem, program) for program in programs], timeout_s=3)
+    assert found == list(programs.values())
 
 
 def test_tasks_are_split_before_mutation():

@@ -22,11 +22,14 @@ and round goes to the experience store; ``resume=True`` continues after a crash 
 from __future__ import annotations
 
 import ast
+import functools
 import json
+import os
 import random
 import re
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,6 +42,7 @@ from selfevolve.errors import SelfEvolveError
 from selfevolve.evaluate.humaneval import Problem, Sample, evaluate_samples, pass_at_k
 from selfevolve.runtime.backend import Backend, Message
 from selfevolve.runtime.model import LocalModel
+from selfevolve.sandbox import Remote, Stopped, run_remote
 from selfevolve.store import Experience, ExperienceStore, read_jsonl, write_jsonl
 from selfevolve.update.sft import CrossEntropyObjective
 from selfevolve.update.training import TrainingConfig, TrainResult, response_ids, save_model, train
@@ -238,35 +242,35 @@ def check_units(problem: Problem) -> tuple[str, list[tuple[str, str]]]:
     return "\n".join(ast.unparse(s) for s in setup), units
 
 
-CHECKER = """
-def _selfevolve_units(units):
-    for index, unit in enumerate(units):
-        print("@@unit", index, flush=True)
-        try:
-            exec(unit, globals())
-        except BaseException:
-            print("@@fail", index, flush=True)
-            return
-"""
-
-
 def first_failures(programs: Sequence[tuple[Problem, str]], timeout_s: float) -> list[int | None]:
-    """For each (problem, program), the index of its first failing test unit (a timeout counts), or None."""
-    from selfevolve.sandbox import run_many
+    """For each (problem, program), the index of its first failing test unit (running out of time, or the
+    program ending, counts), or None when every unit passed or the program did not load.
 
-    codes = []
-    for problem, program in programs:
-        setup, units = check_units(problem)
-        checks = [f"{prelude}\n{unit}" for prelude, unit in units]
-        codes.append(f"{program}\n{setup}\n{CHECKER}\n_selfevolve_units({checks!r})\n")
-    failures = []
-    for run in run_many(codes, timeout_s=timeout_s):
-        marks = re.findall(r"^@@(unit|fail) (\d+)$", run.stdout, re.MULTILINE)
-        failed = [int(i) for kind, i in marks if kind == "fail"]
-        started = [int(i) for kind, i in marks if kind == "unit"]
-        stuck = run.status in ("timeout", "memory", "killed") and started
-        failures.append(failed[0] if failed else started[-1] if stuck else None)
-    return failures
+    The units run here, as trusted code, calling the program's entry point in the sandbox as
+    :func:`selfevolve.sandbox.run_tests` does: nothing the program prints or exits with decides the index.
+    """
+
+    def one(job: tuple[Problem, str]) -> int | None:
+        problem, program = job
+        return run_remote(program, functools.partial(_first_failure, problem), timeout_s=timeout_s)[1]
+
+    with ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:
+        return list(pool.map(one, programs))
+
+
+def _first_failure(problem: Problem, remote: Remote) -> int | None:
+    """Run ``problem``'s test units in order, after the prompt's helpers and the test module's setup, against
+    the program behind ``remote``; the index of the first that fails."""
+    setup, units = check_units(problem)
+    namespace: dict = {"__name__": "__tests__"}
+    exec(compile(f"{problem.prompt}\n{setup}", "<setup>", "exec"), namespace)
+    namespace[problem.entry_point] = remote.function(problem.entry_point)
+    for index, (prelude, unit) in enumerate(units):
+        try:
+            exec(compile(f"{prelude}\n{unit}", "<tests>", "exec"), namespace)
+        except (Exception, Stopped):
+            return index
+    return None
 
 
 def build_problems(
