@@ -149,6 +149,7 @@ def test_failure_has_the_traceback_and_the_exit_code(tier):
     assert "ValueError: boom" in result.stderr and 'main.py", line 2, in f' in result.stderr
     assert "_bootstrap" not in result.stderr
     assert run_python("import sys; sys.exit(3)", isolation=tier).exit_code == 3
+    assert run_python("exit(4)", isolation=tier).exit_code == 4  # site's exit, though the sandbox skips site
     syntax = run_python("def f(:\n", isolation=tier)
     assert syntax.status == "failed" and "SyntaxError" in syntax.stderr
 
