@@ -130,11 +130,16 @@ class TrainingSession:
     """One model made trainable: ``student`` (a LocalModel over the prepared module), its optimizer and schedule."""
 
     def __init__(self, model: LocalModel, config: TrainingConfig, total_steps: int) -> None:
-        from accelerate import Accelerator
+        from accelerate import Accelerator, DataLoaderConfiguration
         from transformers import get_linear_schedule_with_warmup
 
         self.config, self.total_steps = config, total_steps
-        self.accelerator = Accelerator(mixed_precision=config.mixed_precision)
+        # Each global batch is split over the processes, so the schedule advances once per optimizer step
+        # (accelerate would otherwise step it once per process, as for per-process batches).
+        self.accelerator = Accelerator(
+            mixed_precision=config.mixed_precision,
+            dataloader_config=DataLoaderConfiguration(split_batches=True),
+        )
         module = _with_lora(model.model, config) if config.lora else model.model.requires_grad_(True)
         module.train()
         self.parameters = [p for p in module.parameters() if p.requires_grad]
@@ -153,20 +158,36 @@ class TrainingSession:
             batch_size=model.batch_size,
         )
 
-    def shard(self, batch: Sequence[Any]) -> Sequence[Any]:
-        """This process's share of a global batch (all of it on one process)."""
+    def shard(self, batch: Sequence[Any]) -> tuple[Sequence[Any], bool]:
+        """This process's share of a global batch, and whether it is real. A process left without examples
+        (a last batch smaller than the process count) gets a stand-in that :meth:`step` weighs zero, so every
+        process still takes part in the gradient exchange."""
         accelerator = self.accelerator
-        return batch[accelerator.process_index :: accelerator.num_processes] or batch[:1]
+        share = batch[accelerator.process_index :: accelerator.num_processes]
+        return (share, True) if share else (batch[:1], False)
 
-    def step(self, loss: torch.Tensor, step: int) -> float:
-        """Backpropagate ``loss``, clip, take one optimizer and schedule step; its value (finite, or an error)."""
-        self.accelerator.backward(loss)
+    def step(self, loss: torch.Tensor, step: int, tokens: int | None = None) -> float:
+        """Backpropagate ``loss``, clip, take one optimizer and schedule step; the loss value (finite, or an
+        error).
+
+        With several processes and ``tokens`` (this shard's target tokens, 0 for a stand-in), each shard's mean
+        loss is weighted by its share of the global batch's tokens, so the update and the returned value equal
+        one process's token mean over the whole batch.
+        """
+        accelerator = self.accelerator
+        value = loss.detach()
+        if accelerator.num_processes > 1 and tokens is not None:
+            count = torch.tensor(float(tokens), device=loss.device)
+            total = accelerator.reduce(count, reduction="sum")  # target tokens of the global batch
+            loss = loss * (count * accelerator.num_processes / total)  # DDP averages: sum_p loss_p n_p / N
+            value = accelerator.reduce(value * count, reduction="sum") / total
+        accelerator.backward(loss)
         if self.config.max_grad_norm > 0:
-            self.accelerator.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
+            accelerator.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        value = float(loss.detach())
+        value = float(value)
         if not math.isfinite(value):
             raise SelfEvolveError(
                 f"training diverged at step {step} (loss {value}); lower train.learning_rate or use mixed_precision=no"
@@ -270,9 +291,11 @@ def train(
                     continue
                 tick = time.perf_counter()
                 batch = [examples[i] for i in order[offset : offset + config.batch_size]]
+                shard, real = session.shard(batch)
                 with session.accelerator.autocast():
-                    loss, tokens = step_loss(session.student, session.shard(batch))
-                value = session.step(loss, step)
+                    loss, tokens = step_loss(session.student, shard)
+                tokens = tokens if real else 0
+                value = session.step(loss, step, tokens)
                 result.steps += 1
                 result.tokens += tokens
                 result.losses.append(value)
