@@ -21,8 +21,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from benchmarks._common import print_table, write_results
-from selfevolve.evaluate.humaneval import check_job, load_humaneval
+from selfevolve.evaluate.humaneval import load_humaneval
 from selfevolve.sandbox import available_isolations, run_many
+from selfevolve.sandbox.humaneval import check_job
 
 
 def _theirs(problems: list[dict], workers: int, timeout: float) -> int:

@@ -12,17 +12,9 @@ from pathlib import Path
 import pytest
 
 from selfevolve.errors import SelfEvolveError
-from selfevolve.evaluate.humaneval import (
-    SampleResult,
-    check_job,
-    evaluate_samples,
-    load_humaneval,
-    load_samples,
-    pass_at_k,
-    pass_at_k_table,
-    read_jsonl,
-)
+from selfevolve.evaluate.humaneval import load_humaneval, load_samples, pass_at_k, pass_at_k_table, read_jsonl
 from selfevolve.records import Sample
+from selfevolve.sandbox.humaneval import SampleResult, check_job, evaluate_samples
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "humaneval" / "HumanEval.jsonl.gz"
 

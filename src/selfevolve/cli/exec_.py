@@ -43,14 +43,9 @@ def main(
     from rich.console import Console
     from rich.table import Table
 
-    from selfevolve.evaluate.humaneval import (
-        evaluate_samples,
-        load_humaneval,
-        load_samples,
-        pass_at_k_table,
-        summarize,
-    )
+    from selfevolve.evaluate.humaneval import load_humaneval, load_samples, pass_at_k_table, summarize
     from selfevolve.sandbox import available_isolations, isolation_warning
+    from selfevolve.sandbox.humaneval import evaluate_samples
 
     if suite not in SUITES:
         raise SelfEvolveError(f"unknown suite {suite!r}; available: {', '.join(SUITES)}")

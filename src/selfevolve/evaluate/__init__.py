@@ -21,9 +21,7 @@ _EXPORTS = {
     )
 }
 _EXPORTS |= {name: "selfevolve.evaluate.gcg" for name in ("GCGConfig", "GCGResult", "gcg")}
-_EXPORTS |= {
-    name: "selfevolve.evaluate.humaneval" for name in ("evaluate_samples", "load_humaneval", "pass_at_k")
-}
+_EXPORTS |= {name: "selfevolve.evaluate.humaneval" for name in ("load_humaneval", "pass_at_k")}
 _EXPORTS |= {
     "normalize_answer": "selfevolve.prompts",
     "qa_prompt": "selfevolve.prompts",
@@ -45,7 +43,7 @@ if TYPE_CHECKING:
     from selfevolve.evaluate.acr_targets import Target, builtin_targets, load_targets
     from selfevolve.evaluate.codejudge import CodeJudgeConfig, JudgeResult, judge, judge_metrics
     from selfevolve.evaluate.gcg import GCGConfig, GCGResult, gcg
-    from selfevolve.evaluate.humaneval import evaluate_samples, load_humaneval, pass_at_k
+    from selfevolve.evaluate.humaneval import load_humaneval, pass_at_k
     from selfevolve.evaluate.memorization import ACRResult, MiniPromptConfig, acr_audit, minprompt_search
     from selfevolve.evaluate.qa import (
         QAResult,

@@ -39,10 +39,12 @@ from selfevolve.acquire.mutate import DEFINITIONS
 from selfevolve.acquire.trace import TokenCounter, TraceConfig, token_counter, trace_many
 from selfevolve.config import config_to_dict
 from selfevolve.errors import SelfEvolveError
-from selfevolve.evaluate.humaneval import Problem, Sample, evaluate_samples, pass_at_k
+from selfevolve.evaluate.humaneval import pass_at_k
+from selfevolve.records import Problem, Sample
 from selfevolve.runtime.backend import Backend, Message
 from selfevolve.runtime.model import LocalModel
 from selfevolve.sandbox import Remote, Stopped, run_remote
+from selfevolve.sandbox.humaneval import evaluate_samples
 from selfevolve.store import Experience, ExperienceStore, read_jsonl, write_jsonl
 from selfevolve.update.sft import CrossEntropyObjective
 from selfevolve.update.training import TrainingConfig, TrainResult, response_ids, save_model, train

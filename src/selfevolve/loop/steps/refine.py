@@ -8,11 +8,11 @@ from typing import ClassVar, Literal
 
 from selfevolve.acquire.synthesize import support
 from selfevolve.evaluate.codejudge import judge
-from selfevolve.evaluate.humaneval import evaluate_samples
 from selfevolve.loop.state import LoopState, StepResult
 from selfevolve.loop.steps.acquire import QA, REPAIR, REPAIR_PROBLEM, repair_problem, stored_documents
 from selfevolve.prompts import normalize_answer
 from selfevolve.records import Candidate, Problem, Sample
+from selfevolve.sandbox.humaneval import evaluate_samples
 from selfevolve.store import Decision, Experience
 
 
