@@ -26,8 +26,10 @@ $(STAMP): pyproject.toml $(LOCK) | $(BIN)/python
 
 install: $(STAMP)
 
+# Two iterations of SELF-PARAM knowledge injection on the embedded model, with a report (runs/demo/report.html).
+# Running it again resumes the same run directory (a finished run only prints its summary).
 demo: install
-	$(BIN)/selfevolve demo
+	$(BIN)/selfevolve evolve examples/knowledge-loop.yaml --out runs/demo
 
 lint: install
 	$(BIN)/ruff check .
@@ -63,4 +65,4 @@ test-latest:
 	$(LATEST)/bin/pytest
 
 clean:
-	rm -rf $(VENV) $(LATEST) $(LOCKVENV) results .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) $(LOCKVENV) results runs .pytest_cache .ruff_cache
