@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +11,8 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
+
+from selfevolve.io import write_json
 
 
 def environment() -> dict:
@@ -29,15 +29,8 @@ def environment() -> dict:
 
 def write_results(name: str, rows: list[dict], *, out_dir: str | Path = "results", **meta) -> Path:
     """Write ``results/NAME.json`` atomically: ``{"benchmark", "environment", "rows", ...meta}``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / f"{name}.json"
     payload = {"benchmark": name, "environment": environment(), **meta, "rows": rows}
-    fd, staging = tempfile.mkstemp(prefix=f".{name}.", suffix=".json", dir=out)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(staging, target)
-    return target
+    return write_json(Path(out_dir) / f"{name}.json", payload)
 
 
 def print_table(title: str, rows: list[dict], columns: Sequence[str] | None = None) -> None:

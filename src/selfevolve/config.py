@@ -8,8 +8,6 @@ gets a one-line error naming the valid keys; :func:`save_config` writes the reso
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -19,6 +17,7 @@ from typing import Any, TypeVar
 import yaml
 
 from selfevolve.errors import SelfEvolveError
+from selfevolve.io import write_text
 
 T = TypeVar("T")
 
@@ -171,10 +170,4 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 def save_config(config: Any, path: str | Path) -> Path:
     """Write the resolved config as YAML, atomically, so a run's outputs always say how they were made."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        yaml.safe_dump(config_to_dict(config), handle, sort_keys=False)
-    os.replace(staging, path)
-    return path
+    return write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))

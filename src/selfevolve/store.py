@@ -14,16 +14,12 @@ transaction, so a step re-run after a crash can never duplicate them.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
 import math
 import numbers
-import os
 import sqlite3
-import tempfile
 import threading
 import uuid
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -32,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from selfevolve.errors import SelfEvolveError
+from selfevolve.io import read_jsonl, write_jsonl
 
 if TYPE_CHECKING:
     import datasets
@@ -98,54 +95,6 @@ _ORDERS = {
     "created_at": "created_at, id",
     "-created_at": "created_at DESC, id DESC",
 }
-
-
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line of a ``.jsonl`` or ``.jsonl.gz`` file; a missing or
-    unreadable file, or a line that is not a JSON object, is a one-line error that names the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise SelfEvolveError(f"{path} not found; pass an existing .jsonl or .jsonl.gz file")
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError as err:
-                    raise SelfEvolveError(
-                        f"{path} line {number}: not valid JSON ({err}); fix or remove the line"
-                    ) from None
-                if not isinstance(record, dict):
-                    raise SelfEvolveError(
-                        f"{path} line {number}: not a JSON object but {type(record).__name__}; fix or remove the line"
-                    )
-                yield number, record
-    except (OSError, EOFError, UnicodeDecodeError) as err:
-        raise SelfEvolveError(f"cannot read {path} ({err}); check the path") from None
-
-
-def check_unique_ids(ids: Iterable[str], path: str | Path, what: str) -> None:
-    """A one-line error naming the ids that the records of ``path`` (``what``: "document", ...) repeat."""
-    counts = Counter(ids)
-    duplicates = sorted(i for i, n in counts.items() if n > 1)
-    if duplicates:
-        raise SelfEvolveError(f"{path}: duplicate {what} id(s) {duplicates}; ids must be unique")
-
-
-def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:
-    """Write ``records`` as JSON lines, atomically (a staging file renamed over ``path``): a crash mid-write
-    leaves the old file whole, never half of the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.tmp")
-    with staging.open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(staging, path)
-    return path
 
 
 @dataclass
@@ -787,25 +736,11 @@ class ExperienceStore:
         self, path: str | Path, *, limit: int | None = None, order: str = "id", **filters: Unpack[Filters]
     ) -> int:
         """Write the experiences :meth:`query` would return as JSON lines, atomically; return how many."""
-        path = Path(path)
         sql, params = _select(limit, order, filters)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        count = 0
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as out, self._read(sql, params) as cursor:
-                for row in cursor:
-                    out.write(
-                        json.dumps(dataclasses.asdict(_from_row(Experience, row)), ensure_ascii=False) + "\n"
-                    )
-                    count += 1
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return count
+        with self._read(sql, params) as cursor:
+            rows = cursor.fetchall()
+        write_jsonl(path, (dataclasses.asdict(_from_row(Experience, row)) for row in rows))
+        return len(rows)
 
     def import_jsonl(self, path: str | Path, run_id: str | None = None) -> int:
         """Add the experiences of a JSONL file (as :meth:`export_jsonl` writes it), all or nothing.

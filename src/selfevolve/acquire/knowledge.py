@@ -8,15 +8,14 @@ the two sets never share a question string. The same ``seed`` always gives the s
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from selfevolve.errors import SelfEvolveError
+from selfevolve.io import check_unique_ids, read_jsonl, write_jsonl
 from selfevolve.records import Document, QAItem
-from selfevolve.store import check_unique_ids, read_jsonl
 
 SIZES = {"single": 1, "small": 5, "batch": 10, "medium": 50, "large": 200}
 """Named sizes of fictional sets (number of documents)."""
@@ -274,20 +273,12 @@ def load_questions(path: str | Path) -> list[QAItem]:
 
 
 def write_questions(items: Sequence[QAItem], path: str | Path) -> Path:
-    """Write questions as JSONL in the format :func:`load_questions` reads."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [
-        json.dumps({"doc_id": q.doc_id, "question": q.question, "answers": list(q.answers)}) for q in items
-    ]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    """Write questions as JSONL in the format :func:`load_questions` reads, atomically."""
+    return write_jsonl(
+        path, ({"doc_id": q.doc_id, "question": q.question, "answers": list(q.answers)} for q in items)
+    )
 
 
 def write_documents(documents: Sequence[Document], path: str | Path) -> Path:
-    """Write documents as JSONL in the format :func:`load_documents` reads."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps({"id": d.id, "title": d.title, "text": d.text}) for d in documents]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    """Write documents as JSONL in the format :func:`load_documents` reads, atomically."""
+    return write_jsonl(path, ({"id": d.id, "title": d.title, "text": d.text} for d in documents))

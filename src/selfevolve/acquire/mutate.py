@@ -26,10 +26,11 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from selfevolve.errors import SelfEvolveError
+from selfevolve.io import read_jsonl, write_jsonl
 from selfevolve.records import Candidate, Problem, Sample
 from selfevolve.runtime.backend import Backend
 from selfevolve.sandbox.humaneval import evaluate_samples
-from selfevolve.store import Experience, ExperienceStore, read_jsonl, write_jsonl
+from selfevolve.store import Experience, ExperienceStore
 
 OPERATORS = ("flip_comparison", "off_by_one", "swap_operands", "drop_branch", "wrong_return")
 METHOD = "codejudge-candidates"

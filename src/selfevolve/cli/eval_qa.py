@@ -39,6 +39,7 @@ def main(
     quiet_libraries()
     from selfevolve.acquire.knowledge import load_documents, load_questions
     from selfevolve.evaluate.qa import Retriever, answer_questions, in_context
+    from selfevolve.io import write_json
     from selfevolve.runtime import load_model
 
     if context not in CONTEXTS:
@@ -56,5 +57,4 @@ def main(
     scores = {"model": backend.revision, "questions": len(items), "context": context, **result.as_dict()}
     typer.echo(json.dumps(scores))
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({**scores, "rows": result.rows}, indent=2))
+        write_json(out, {**scores, "rows": result.rows})

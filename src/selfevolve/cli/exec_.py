@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -44,6 +43,7 @@ def main(
     from rich.table import Table
 
     from selfevolve.evaluate.humaneval import load_humaneval, load_samples, pass_at_k_table, summarize
+    from selfevolve.io import write_jsonl
     from selfevolve.sandbox import available_isolations, isolation_warning
     from selfevolve.sandbox.humaneval import evaluate_samples
 
@@ -73,7 +73,4 @@ def main(
             f"pass@{', pass@'.join(map(str, skipped))} skipped: some task has fewer samples than k", err=True
         )
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w") as handle:
-            for result in results:
-                handle.write(json.dumps(result.as_dict()) + "\n")
+        write_jsonl(out, (result.as_dict() for result in results))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -44,6 +43,7 @@ def main(
     quiet_libraries()
     from selfevolve.config import load_config, save_config
     from selfevolve.evaluate.humaneval import load_humaneval
+    from selfevolve.io import write_json
     from selfevolve.runtime import load_model
     from selfevolve.store import ExperienceStore
     from selfevolve.update.repair import RepairConfig, RoundResult, repair_train
@@ -74,5 +74,5 @@ def main(
         if experience is not None:
             experience.close()
     report = {"model": backend.revision, "rounds": [asdict(r) for r in results]}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    write_json(out / "report.json", report)
     typer.echo(f"wrote {out / 'report.json'}")

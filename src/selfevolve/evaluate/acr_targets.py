@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from selfevolve.errors import SelfEvolveError
-from selfevolve.store import check_unique_ids, read_jsonl, write_jsonl
+from selfevolve.io import check_unique_ids, read_jsonl, write_jsonl
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from selfevolve.errors import SelfEvolveError
+from selfevolve.io import read_jsonl
 from selfevolve.records import Problem, Sample
 from selfevolve.runtime.registry import package_dir
 from selfevolve.sandbox.humaneval import SampleResult
-from selfevolve.store import read_jsonl
 
 PROBLEM_FIELDS = ("task_id", "prompt", "entry_point", "canonical_solution", "test")
 

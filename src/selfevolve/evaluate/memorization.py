@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -24,8 +23,8 @@ from pathlib import Path
 from selfevolve.errors import SelfEvolveError
 from selfevolve.evaluate.acr_targets import Target
 from selfevolve.evaluate.gcg import GCGConfig, GCGResult, gcg
+from selfevolve.io import append_jsonl, read_jsonl, write_text
 from selfevolve.runtime.model import LocalModel
-from selfevolve.store import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +162,7 @@ def _completed(path: Path, model: LocalModel, settings: dict) -> dict[tuple[str,
         try:
             json.loads(lines[-1])
         except json.JSONDecodeError:
-            path.write_text("".join(f"{kept}\n" for kept in lines[:-1]), encoding="utf-8")
+            write_text(path, "".join(f"{kept}\n" for kept in lines[:-1]))
     done = {}
     for _, record in read_jsonl(path):
         if record.get("model") != model.revision:
@@ -174,17 +173,6 @@ def _completed(path: Path, model: LocalModel, settings: dict) -> dict[tuple[str,
         if record.get("settings") == settings:
             done[(record["id"], record["target"])] = record
     return done
-
-
-def _append(path: Path, record: dict) -> None:
-    """Append one JSON line with a single write, flushed to disk, so a crash never leaves half a record."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (json.dumps(record) + "\n").encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def as_targets(targets: Iterable[str | Target]) -> list[Target]:
@@ -231,7 +219,7 @@ def acr_audit(
         results.append(result)
         bar.set_postfix_str(f"{item.id}: acr {result.acr:.2f}{' memorized' if result.memorized else ''}")
         if path is not None:
-            _append(path, {"model": model.revision, **result.as_dict()})
+            append_jsonl(path, {"model": model.revision, **result.as_dict()})
     return results
 
 
@@ -266,10 +254,8 @@ def histogram(
     records: Sequence[ACRResult | dict], path: str | Path, title: str = "ACR by target set"
 ) -> Path:
     """A PNG histogram of ACR per target set, with the memorization threshold ACR = 1 marked."""
-    try:
-        import matplotlib
-    except ImportError as err:
-        raise SelfEvolveError("the ACR histogram needs matplotlib: pip install 'selfevolve[bench]'") from err
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from selfevolve.errors import SelfEvolveError
-from selfevolve.loop._files import write_text_atomic
+from selfevolve.io import write_text
 from selfevolve.store import ExperienceStore, IterationRecord, StepRecord
 
 MAX_ANSWER_ROWS = 60  # per evaluation task, so the page stays readable
@@ -60,10 +60,8 @@ def _png(figure) -> str:
 
 
 def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise SelfEvolveError("the report's plots need matplotlib: pip install matplotlib") from None
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -289,4 +287,4 @@ def render_report(run_dir: str | Path) -> str:
 
 def write_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report.html`` (atomically) and return its path."""
-    return write_text_atomic(Path(run_dir) / "report.html", render_report(run_dir))
+    return write_text(Path(run_dir) / "report.html", render_report(run_dir))

@@ -16,6 +16,7 @@ import dataclasses
 import fcntl
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -27,7 +28,7 @@ import numpy
 import torch
 
 from selfevolve.errors import SelfEvolveError
-from selfevolve.loop._files import copy_folder, save_model_folder, write_text_atomic
+from selfevolve.io import publish_folder, write_text
 from selfevolve.loop.config import (
     RunConfig,
     config_differences,
@@ -39,6 +40,7 @@ from selfevolve.loop.report import write_report
 from selfevolve.loop.state import LoopState, Step
 from selfevolve.runtime.model import LocalModel
 from selfevolve.store import PHASES, ExperienceStore, IterationRecord, Score, StepRecord
+from selfevolve.update.training import save_model
 
 CONFIG_FILE = "config.yaml"
 STORE_FILE = "store.sqlite"
@@ -145,7 +147,7 @@ def _settle_config(run_dir: Path, config: RunConfig) -> None:
         for name in (STORE_FILE, f"{STORE_FILE}-wal", f"{STORE_FILE}-shm"):
             (run_dir / name).unlink(missing_ok=True)
     try:
-        write_text_atomic(saved, config_yaml(config))
+        write_text(saved, config_yaml(config))
     except OSError as err:
         raise _unwritable(run_dir, err) from None
 
@@ -245,7 +247,8 @@ class _Loop:
             revision = f"{self.base_revision(state.iteration, state.model)}+i{state.iteration}.{name}"
             folder = self.run_dir / CHECKPOINTS / f"iter{state.iteration:02d}-{name}"
             result.model.revision = revision
-            save_model_folder(result.model, folder)
+            with publish_folder(folder) as staging:
+                save_model(result.model, staging)
             summary["checkpoint"] = folder.relative_to(self.run_dir).as_posix()
         summary["seconds"] = time.perf_counter() - began
         self.store.record_step(
@@ -340,14 +343,13 @@ class _Loop:
 
     def publish(self, k: int, model: LocalModel, checkpoint: str | None, reason: str) -> None:
         """Make ``DIR/model`` this iteration's model (atomically), with a note of where it came from."""
-        note = {
-            "loop.json": json.dumps({"iteration": k, "revision": model.revision, "reason": reason}, indent=2)
-        }
-        target = self.run_dir / MODEL_DIR
-        if checkpoint is None:
-            save_model_folder(model, target, note)
-        else:
-            copy_folder(self.run_dir / checkpoint, target, note)
+        with publish_folder(self.run_dir / MODEL_DIR) as staging:
+            if checkpoint is None:
+                save_model(model, staging)
+            else:
+                _link_files(self.run_dir / checkpoint, staging)
+            note = {"iteration": k, "revision": model.revision, "reason": reason}
+            (staging / "loop.json").write_text(json.dumps(note, indent=2), encoding="utf-8")
 
     def prune(self, keep: str | None) -> None:
         """Delete step checkpoints no later iteration needs (all but the current model's)."""
@@ -355,6 +357,15 @@ class _Loop:
         for item in folder.iterdir() if folder.is_dir() else ():
             if keep is None or item.resolve() != (self.run_dir / keep).resolve():
                 shutil.rmtree(item, ignore_errors=True)
+
+
+def _link_files(source: Path, folder: Path) -> None:
+    """Put the files of ``source`` into ``folder``: hard links where the file system allows, else copies."""
+    for item in source.iterdir():
+        try:
+            os.link(item, folder / item.name)
+        except OSError:
+            shutil.copy2(item, folder / item.name)
 
 
 def _violations(config: RunConfig, scores: dict[str, float | None], base: dict[str, float]) -> list[str]:

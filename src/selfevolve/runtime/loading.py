@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 
 from selfevolve.errors import SelfEvolveError
+from selfevolve.io import publish_folder
 from selfevolve.runtime.model import LocalModel
 from selfevolve.runtime.registry import DEFAULT_MODEL, REGISTRY, ModelEntry, cache_dir, lookup, sha256_of
 
@@ -123,18 +123,14 @@ def _load_gguf(path: Path, dtype: torch.dtype):
 
 
 def _save_atomically(model, tokenizer, target: Path, meta: dict) -> None:
-    """Write a safetensors copy into a temporary folder, then rename it into place (never a half-written cache)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    """Write a safetensors copy into a staging folder, then rename it into place (never a half-written cache);
+    a failed write is no error while a complete copy (another process's) is in place."""
     try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        (staging / "selfevolve.json").write_text(json.dumps(meta, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        with publish_folder(target) as staging:
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            (staging / "selfevolve.json").write_text(json.dumps(meta, indent=2))
     except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
         if not (target / "config.json").is_file():
             raise
 

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import torch
 
 from selfevolve.errors import SelfEvolveError
+from selfevolve.io import write_json
 from selfevolve.runtime.model import LocalModel
 
 log = logging.getLogger(__name__)
@@ -195,12 +196,18 @@ class TrainingSession:
         return value
 
     def save(self, folder: Path, step: int) -> None:
-        """Resumable state (weights or adapters, optimizer, schedule, RNG) and the step it was taken at."""
+        """Resumable state (weights or adapters, optimizer, schedule, RNG) and the step it was taken at.
+
+        ``progress.json`` goes first and comes back last (atomically): a crash mid-save leaves no checkpoint
+        to resume from rather than a torn one."""
+        progress = folder / "progress.json"
+        if self.accelerator.is_main_process:
+            progress.unlink(missing_ok=True)
         self.accelerator.wait_for_everyone()
         self.accelerator.save_state(str(folder))
+        self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            progress = {"step": step, "total_steps": self.total_steps}
-            (folder / "progress.json").write_text(json.dumps(progress))
+            write_json(progress, {"step": step, "total_steps": self.total_steps})
 
     def load(self, folder: Path) -> int:
         """Restore the state :meth:`save` wrote; the step to continue after."""
