@@ -116,3 +116,13 @@ def test_yaml_cannot_construct_python_objects(tmp_path):
 
 def test_parse_overrides_nests_dotted_keys():
     assert parse_overrides(["a.b.c=1", "a.d=x", "e="]) == {"a": {"b": {"c": 1}, "d": "x"}, "e": ""}
+
+
+def test_a_library_config_check_is_a_user_error_and_a_value_error():
+    from selfevolve.update.training import TrainingConfig
+
+    with pytest.raises(
+        SelfEvolveError, match=r"train\.epochs must be at least 1, got 0; set it to 1 or more"
+    ):
+        TrainingConfig(epochs=0)
+    assert issubclass(SelfEvolveError, ValueError)  # older `except ValueError` callers still catch it

@@ -48,17 +48,24 @@ class SynthesisConfig:
 
     def __post_init__(self) -> None:
         if self.questions_per_document < 0 or self.statements_per_document < 0:
-            raise ValueError(
-                "synthesis.questions_per_document and statements_per_document must not be negative"
+            raise SelfEvolveError(
+                "synthesis.questions_per_document and statements_per_document must not be negative, got "
+                f"{self.questions_per_document} and {self.statements_per_document}; set them to 0 or more"
             )
         if self.questions_per_document + self.statements_per_document == 0 and not self.document_sentences:
-            raise ValueError(
-                "synthesis writes nothing: raise questions_per_document or statements_per_document"
+            raise SelfEvolveError(
+                "synthesis writes nothing: questions_per_document and statements_per_document are 0 and "
+                "document_sentences is off; raise questions_per_document or statements_per_document"
             )
         if not 0 <= self.min_support <= 1:
-            raise ValueError(f"synthesis.min_support must be in [0, 1], got {self.min_support}")
+            raise SelfEvolveError(
+                f"synthesis.min_support must be in [0, 1], got {self.min_support}; 0 keeps every answer"
+            )
         if self.temperature <= 0 or self.max_new_tokens < 1:
-            raise ValueError("synthesis.temperature must be positive and max_new_tokens at least 1")
+            raise SelfEvolveError(
+                "synthesis.temperature must be positive and max_new_tokens at least 1, got "
+                f"{self.temperature} and {self.max_new_tokens}; raise the one below its minimum"
+            )
 
 
 def content_words(text: str) -> list[str]:

@@ -64,13 +64,23 @@ class TraceConfig:
 
     def __post_init__(self) -> None:
         if self.value_width < MIN_WIDTH:
-            raise ValueError(f"value_width must be at least {MIN_WIDTH}, got {self.value_width}")
+            raise SelfEvolveError(
+                f"value_width must be at least {MIN_WIDTH}, got {self.value_width}; "
+                f"raise it to {MIN_WIDTH} or more"
+            )
         if self.first < 1 or self.last < 1:
-            raise ValueError(f"first and last must be at least 1, got {self.first} and {self.last}")
+            raise SelfEvolveError(
+                f"first and last must be at least 1, got {self.first} and {self.last}; set both to 1 or more"
+            )
         if self.token_budget < 64:
-            raise ValueError(f"token_budget must be at least 64 tokens, got {self.token_budget}")
+            raise SelfEvolveError(
+                f"token_budget must be at least 64 tokens, got {self.token_budget}; raise it to 64 or more"
+            )
         if self.max_steps < 1 or self.timeout_s <= 0 or self.memory_mb < 16:
-            raise ValueError("max_steps must be >= 1, timeout_s > 0 and memory_mb >= 16")
+            raise SelfEvolveError(
+                f"max_steps must be >= 1, timeout_s > 0 and memory_mb >= 16, got {self.max_steps}, "
+                f"{self.timeout_s} and {self.memory_mb}; raise the one below its minimum"
+            )
 
 
 @dataclass(frozen=True)

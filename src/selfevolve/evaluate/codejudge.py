@@ -61,9 +61,13 @@ class CodeJudgeConfig:
     def __post_init__(self) -> None:
         weights = (self.fatal_weight, self.major_weight, self.small_weight, self.negligible_weight)
         if any(w < 0 or not math.isfinite(w) for w in weights):
-            raise ValueError(f"severity weights must be finite and non-negative, got {weights}")
+            raise SelfEvolveError(
+                f"severity weights must be finite and non-negative, got {weights}; set them to 0 or more"
+            )
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+            raise SelfEvolveError(
+                f"temperature must be >= 0, got {self.temperature}; use 0 for greedy decoding"
+            )
         budgets = (
             self.analysis_max_new_tokens,
             self.summary_max_new_tokens,
@@ -72,7 +76,9 @@ class CodeJudgeConfig:
             self.batch_size,
         )
         if min(budgets) < 1:
-            raise ValueError(f"token budgets and batch_size must be at least 1, got {budgets}")
+            raise SelfEvolveError(
+                f"token budgets and batch_size must be at least 1, got {budgets}; set each to 1 or more"
+            )
 
     def weight(self, severity: str) -> float:
         """Points subtracted for one inconsistency of ``severity`` (one of SEVERITIES)."""

@@ -44,9 +44,15 @@ class Guard:
 
     def __post_init__(self) -> None:
         if self.max_increase is None and self.max_decrease is None:
-            raise ValueError(f"guard {self.metric}: set max_increase or max_decrease")
+            raise SelfEvolveError(
+                f"guard {self.metric} has no tolerance, so it can never be broken; "
+                "set max_increase or max_decrease"
+            )
         if min(v for v in (self.max_increase, self.max_decrease) if v is not None) < 0:
-            raise ValueError(f"guard {self.metric}: tolerances must not be negative")
+            raise SelfEvolveError(
+                f"guard {self.metric}: tolerances must not be negative, got max_increase={self.max_increase} "
+                f"and max_decrease={self.max_decrease}; use 0 for no change allowed"
+            )
 
     def violation(self, value: float, base: float) -> str | None:
         """Why ``value`` breaks the guard against the ``base`` value, or None when it holds."""
@@ -82,13 +88,19 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if self.iterations < 0 or self.patience < 1 or self.min_improvement < 0:
-            raise ValueError("iterations must be >= 0, patience >= 1 and min_improvement >= 0")
+            raise SelfEvolveError(
+                "iterations must be >= 0, patience >= 1 and min_improvement >= 0, got "
+                f"{self.iterations}, {self.patience} and {self.min_improvement}; "
+                "raise the one below its minimum"
+            )
         if not self.evaluate:
-            raise ValueError("evaluate lists no step; add one, e.g. {step: heldout_qa}")
+            raise SelfEvolveError(
+                "evaluate lists no step, so no update could be judged; add one, e.g. {step: heldout_qa}"
+            )
         metrics = [f"{step_name(s)}.{m}" for s in self.evaluate for m in type(s).METRICS]
         for name in [self.selection_metric, *(g.metric for g in self.guards)]:
             if name not in metrics:
-                raise ValueError(
+                raise SelfEvolveError(
                     f"metric {name!r} is not scored by an evaluate step; use one of {', '.join(metrics)}"
                 )
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from selfevolve.errors import SelfEvolveError
 from selfevolve.runtime.model import LocalModel
 from selfevolve.store import Decision, Experience, ExperienceStore, StepRecord
 
@@ -64,11 +65,11 @@ class LoopState:
 
 def existing_path(value: str, what: str, fix: str = "fix the path") -> str:
     """``value`` as an absolute path ("" stays ""), so a resumed run finds it from any working directory; a
-    ``ValueError`` (a one-line config error) when nothing is there."""
+    :class:`SelfEvolveError` (a one-line config error) when nothing is there."""
     if not value:
         return value
     if not Path(value).exists():
-        raise ValueError(f"{what} {value} does not exist; {fix}")
+        raise SelfEvolveError(f"{what} {value} does not exist; {fix}")
     return str(Path(value).resolve())
 
 

@@ -60,13 +60,20 @@ class SelfParamConfig:
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
-            raise ValueError(f"rounds must be at least 1, got {self.rounds}")
+            raise SelfEvolveError(f"rounds must be at least 1, got {self.rounds}; set it to 1 or more")
         if self.top_k < 0:
-            raise ValueError(f"top_k must be 0 (full vocabulary) or positive, got {self.top_k}")
+            raise SelfEvolveError(
+                f"top_k must be 0 (full vocabulary) or positive, got {self.top_k}; use 0 or e.g. 64"
+            )
         if self.regularizer_weight < 0:
-            raise ValueError(f"regularizer_weight must not be negative, got {self.regularizer_weight}")
+            raise SelfEvolveError(
+                f"regularizer_weight must not be negative, got {self.regularizer_weight}; "
+                "use 0 to turn it off"
+            )
         if self.teacher_batch_size < 1:
-            raise ValueError(f"teacher_batch_size must be at least 1, got {self.teacher_batch_size}")
+            raise SelfEvolveError(
+                f"teacher_batch_size must be at least 1, got {self.teacher_batch_size}; set it to 1 or more"
+            )
 
 
 class DistillExample(NamedTuple):

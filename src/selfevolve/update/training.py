@@ -60,16 +60,27 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "lora_rank", "lora_alpha"):
             if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+                raise SelfEvolveError(
+                    f"train.{name} must be at least 1, got {getattr(self, name)}; set it to 1 or more"
+                )
         if self.learning_rate is not None and self.learning_rate <= 0:
-            raise ValueError(f"train.learning_rate must be positive, got {self.learning_rate}")
+            raise SelfEvolveError(
+                f"train.learning_rate must be positive, got {self.learning_rate}; "
+                "leave it unset for the LoRA or full fine-tuning default"
+            )
         if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+            raise SelfEvolveError(
+                f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}; "
+                "e.g. 0.1 warms up over the first tenth of the steps"
+            )
         if not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"train.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+            raise SelfEvolveError(
+                f"train.lora_dropout must be in [0, 1), got {self.lora_dropout}; 0 turns dropout off"
+            )
         if self.save_every < 0 or self.max_grad_norm < 0 or self.weight_decay < 0:
-            raise ValueError(
-                "train.save_every, train.max_grad_norm and train.weight_decay must not be negative"
+            raise SelfEvolveError(
+                "train.save_every, train.max_grad_norm and train.weight_decay must not be negative, got "
+                f"{self.save_every}, {self.max_grad_norm} and {self.weight_decay}; use 0 to turn one off"
             )
 
     @property

@@ -75,7 +75,7 @@ class FictionalDocuments:
 
     def __post_init__(self) -> None:
         if self.count < 1:
-            raise ValueError(f"count must be at least 1, got {self.count}")
+            raise SelfEvolveError(f"count must be at least 1, got {self.count}; set it to 1 or more")
 
     def run(self, state: LoopState) -> StepResult:
         knowledge = fictional_knowledge(self.count, seed=self.seed)
@@ -95,8 +95,9 @@ class Documents:
 
     def __post_init__(self) -> None:
         if not self.path:
-            raise ValueError(
-                "documents.path is empty; set it to a .txt file, a folder of them or a .jsonl file"
+            raise SelfEvolveError(
+                "documents.path is empty, so there is nothing to acquire; set it to a .txt file, a folder "
+                "of them or a .jsonl file"
             )
         self.path = existing_path(self.path, "documents.path")
         self.questions = existing_path(self.questions, "documents.questions")

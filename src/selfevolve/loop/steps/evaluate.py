@@ -9,6 +9,7 @@ from typing import ClassVar
 
 from selfevolve.acquire.knowledge import fictional_knowledge, load_documents, load_questions
 from selfevolve.acquire.trace import token_counter
+from selfevolve.errors import SelfEvolveError
 from selfevolve.evaluate.humaneval import load_humaneval
 from selfevolve.evaluate.qa import QAResult, answer_questions, perplexity
 from selfevolve.loop.state import LoopState, StepResult, existing_path
@@ -51,7 +52,9 @@ def _fictional(spec: str) -> tuple[int, int] | None:
         return None
     count, _, seed = spec.removeprefix("fictional:").partition(":")
     if not count.isdigit() or not (seed or "0").isdigit():
-        raise ValueError(f"questions {spec!r} is not fictional:COUNT or fictional:COUNT:SEED")
+        raise SelfEvolveError(
+            f"questions {spec!r} is not fictional:COUNT or fictional:COUNT:SEED; write e.g. fictional:1:0"
+        )
     return int(count), int(seed or 0)
 
 

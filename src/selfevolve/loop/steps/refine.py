@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from selfevolve.acquire.synthesize import support
+from selfevolve.errors import SelfEvolveError
 from selfevolve.evaluate.codejudge import judge
 from selfevolve.loop.state import LoopState, StepResult
 from selfevolve.loop.steps.acquire import QA, REPAIR, REPAIR_PROBLEM, repair_problem, stored_documents
@@ -32,7 +33,9 @@ class GroundingFilter:
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_support <= 1:
-            raise ValueError(f"min_support must be in [0, 1], got {self.min_support}")
+            raise SelfEvolveError(
+                f"min_support must be in [0, 1], got {self.min_support}; 0 keeps every answer"
+            )
 
     def run(self, state: LoopState) -> StepResult:
         documents = stored_documents(state)

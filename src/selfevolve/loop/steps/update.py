@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from selfevolve.acquire.knowledge import load_documents
+from selfevolve.errors import SelfEvolveError
 from selfevolve.loop.state import LoopState, StepResult, clone_model, existing_path
 from selfevolve.loop.steps.acquire import QA, REPAIR, REPAIR_PROBLEM, repair_problem, stored_documents
 from selfevolve.records import SynthesizedItem
@@ -53,8 +54,9 @@ class SelfParam:
     def __post_init__(self) -> None:
         self.config()  # the library's own checks, at config time
         if self.regularizer_weight > 0 and not self.regularizer_texts:
-            raise ValueError(
-                "regularizer_weight > 0 needs regularizer_texts; set a text file or the weight to 0"
+            raise SelfEvolveError(
+                f"regularizer_weight={self.regularizer_weight} needs regularizer_texts, which is empty; "
+                "set a text file or the weight to 0"
             )
         self.regularizer_texts = existing_path(self.regularizer_texts, "regularizer_texts")
 
