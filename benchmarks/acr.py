@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from benchmarks._common import print_table, write_results
+from selfevolve.acquire.knowledge import fictional_knowledge
 from selfevolve.config import config_to_dict
 from selfevolve.evaluate.acr_targets import builtin_targets, random_token_strings
 from selfevolve.evaluate.gcg import GCGConfig, gcg
@@ -232,7 +233,8 @@ def main(argv: list[str] | None = None) -> None:
         max_prompt_tokens=args.max_prompt_tokens,
     )
     sizes = {"quotations": args.quotations, "licences": args.licences, "random": args.random}
-    grouped = builtin_targets(model.tokenizer, {**sizes, "fictional": args.fictional}, seed=args.seed)
+    fictional = fictional_knowledge(args.fictional, seed=args.seed).documents if args.fictional else ()
+    grouped = builtin_targets(model.tokenizer, sizes, seed=args.seed, documents=fictional)
     by_set = [[t for t in grouped if t.set == name] for name in dict.fromkeys(t.set for t in grouped)]
     targets = [group[i] for i in range(max(map(len, by_set))) for group in by_set if i < len(group)]
     out = Path(args.out)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from selfevolve.acquire.knowledge import fictional_knowledge
 from selfevolve.errors import SelfEvolveError
 from selfevolve.evaluate import memorization
 from selfevolve.evaluate.acr_targets import (
@@ -183,8 +184,9 @@ def test_empty_targets_are_errors(tiny_llama):
 
 
 def test_builtin_target_sets(tiny_llama):
+    documents = fictional_knowledge(2).documents
     targets = builtin_targets(
-        tiny_llama.tokenizer, {"quotations": 2, "licences": 3, "random": 2, "fictional": 2}
+        tiny_llama.tokenizer, {"quotations": 2, "licences": 3, "random": 2}, documents=documents
     )
     assert [t.set for t in targets] == ["quotations"] * 2 + ["licences"] * 3 + ["random"] * 2 + [
         "fictional"
@@ -196,7 +198,10 @@ def test_builtin_target_sets(tiny_llama):
     assert random_token_strings(tiny_llama.tokenizer, 1, seed=4) != random_token_strings(
         tiny_llama.tokenizer, 1, seed=5
     )
-    assert all(t.text.endswith(".") and t.text[0].isupper() for t in fictional_sentences(3))
+    assert all(
+        t.text.endswith(".") and t.text[0].isupper()
+        for t in fictional_sentences(fictional_knowledge(3).documents)
+    )
     assert licence_lines(1)[0].text == "http://www.apache.org/licenses/LICENSE-2.0"
     with pytest.raises(SelfEvolveError, match="unknown target set"):
         builtin_targets(tiny_llama.tokenizer, {"poems": 1})

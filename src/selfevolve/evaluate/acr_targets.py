@@ -2,8 +2,8 @@
 (random token strings, fresh fictional sentences), plus the JSONL format users bring their own in.
 
 The quotations and licence lines are written out here from public-domain texts and the licences' own wording;
-the random strings come from the model's tokenizer and the fictional sentences from
-:func:`~selfevolve.acquire.knowledge.fictional_knowledge`, both fixed by a seed.
+the random strings come from the model's tokenizer (fixed by a seed) and the fictional sentences from the
+documents the caller passes (e.g. :func:`~selfevolve.acquire.knowledge.fictional_knowledge`'s).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from selfevolve.errors import SelfEvolveError
 from selfevolve.io import check_unique_ids, read_jsonl, write_jsonl
+from selfevolve.records import Document
 
 
 @dataclass(frozen=True)
@@ -83,33 +84,35 @@ def random_token_strings(tokenizer, count: int, tokens: int = 10, seed: int = 0)
     return [Target(f"random-{i:02d}", text, "random") for i, text in enumerate(texts)]
 
 
-def fictional_sentences(count: int, seed: int = 0) -> list[Target]:
-    """``count`` fresh sentences about people, organisations and places that do not exist: the main clause of
-    each fictional document's first sentence (about 10-15 tokens)."""
-    from selfevolve.acquire.knowledge import fictional_knowledge
-
+def fictional_sentences(documents: Sequence[Document]) -> list[Target]:
+    """Fresh sentences about people, organisations and places that do not exist: the main clause of each
+    document's first sentence (about 10-15 tokens), for documents such as ``fictional_knowledge(n).documents``."""
     texts = []
-    for doc in fictional_knowledge(count, seed=seed).documents:
+    for doc in documents:
         first = doc.text.split(". ")[0]
         cut = min((first.find(m) for m in (" who ", " by ", ", ") if m in first), default=len(first))
         texts.append(first[:cut].rstrip(".") + ".")
     return [Target(f"fictional-{i:02d}", text, "fictional") for i, text in enumerate(texts)]
 
 
-def builtin_targets(tokenizer, sizes: dict[str, int], seed: int = 0) -> list[Target]:
-    """The four built-in sets, ``sizes[name]`` targets each (a missing name: none of that set)."""
-    unknown = sorted(set(sizes) - set(SETS))
+SIZED_SETS = ("quotations", "licences", "random")
+
+
+def builtin_targets(
+    tokenizer, sizes: dict[str, int], seed: int = 0, documents: Sequence[Document] = ()
+) -> list[Target]:
+    """``sizes[name]`` targets of each of :data:`SIZED_SETS` (a missing name: none of that set), then one
+    fictional sentence per document of ``documents``."""
+    unknown = sorted(set(sizes) - set(SIZED_SETS))
     if unknown:
-        raise SelfEvolveError(f"unknown target set(s) {', '.join(unknown)}; use {', '.join(SETS)}")
+        raise SelfEvolveError(
+            f"unknown target set(s) {', '.join(unknown)}; use {', '.join(SIZED_SETS)} "
+            "(fictional sentences come from documents=...)"
+        )
     targets = famous_quotations(sizes.get("quotations", 0)) + licence_lines(sizes.get("licences", 0))
     if sizes.get("random"):
         targets += random_token_strings(tokenizer, sizes["random"], seed=seed)
-    if sizes.get("fictional"):
-        targets += fictional_sentences(sizes["fictional"], seed=seed)
-    return targets
-
-
-SETS = ("quotations", "licences", "random", "fictional")
+    return targets + fictional_sentences(documents)
 
 
 def load_targets(path: str | Path) -> list[Target]:
