@@ -190,6 +190,20 @@ def fictional_knowledge(num_documents: int | str = "single", seed: int = 0) -> K
     return KnowledgeSet(tuple(documents), tuple(train), tuple(test))
 
 
+def fictional_spec(spec: str) -> KnowledgeSet | None:
+    """The set that ``fictional:N`` or ``fictional:N:SEED`` names (N a count or a :data:`SIZES` name), or None
+    for a string that does not start with ``fictional:`` (a file name)."""
+    if not spec.startswith("fictional:"):
+        return None
+    size, _, seed = spec.removeprefix("fictional:").partition(":")
+    if not (seed or "0").isdigit():
+        raise SelfEvolveError(
+            f"{spec!r} has seed {seed!r}, not a number; "
+            "write fictional:N or fictional:N:SEED, e.g. fictional:2:0"
+        )
+    return fictional_knowledge(int(size) if size.isdigit() else size, seed=int(seed or 0))
+
+
 def _text_field(record: dict, key: str, where: str, *, required: bool = True) -> str | None:
     value = record.get(key)
     if value is None and not required:

@@ -7,9 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from selfevolve.acquire.knowledge import fictional_knowledge, load_documents, load_questions
+from selfevolve.acquire.knowledge import fictional_spec, load_documents, load_questions
 from selfevolve.acquire.trace import token_counter
-from selfevolve.errors import SelfEvolveError
 from selfevolve.evaluate.humaneval import load_humaneval
 from selfevolve.evaluate.qa import QAResult, answer_questions, perplexity
 from selfevolve.loop.state import LoopState, StepResult, existing_path
@@ -46,18 +45,6 @@ def _answers(task: str, result: QAResult, revision: str) -> list[Experience]:
     ]
 
 
-def _fictional(spec: str) -> tuple[int, int] | None:
-    """(count, seed) of a ``fictional:COUNT[:SEED]`` spec, None for anything else."""
-    if not spec.startswith("fictional:"):
-        return None
-    count, _, seed = spec.removeprefix("fictional:").partition(":")
-    if not count.isdigit() or not (seed or "0").isdigit():
-        raise SelfEvolveError(
-            f"questions {spec!r} is not fictional:COUNT or fictional:COUNT:SEED; write e.g. fictional:1:0"
-        )
-    return int(count), int(seed or 0)
-
-
 @dataclass
 class HeldoutQA:
     """Held-out QA: SQuAD token F1, exact match and answer recall (the gold answer inside the reply) on
@@ -70,16 +57,14 @@ class HeldoutQA:
     max_new_tokens: int = 32
 
     def __post_init__(self) -> None:
-        if _fictional(self.questions) is None:
+        if fictional_spec(self.questions) is None:
             self.questions = existing_path(
                 self.questions, "questions", "pass a JSONL file or fictional:COUNT:SEED"
             )
 
     def items(self) -> list[QAItem]:
-        fictional = _fictional(self.questions)
-        if fictional is None:
-            return load_questions(self.questions)
-        return list(fictional_knowledge(fictional[0], seed=fictional[1]).test)
+        knowledge = fictional_spec(self.questions)
+        return load_questions(self.questions) if knowledge is None else list(knowledge.test)
 
     def run(self, state: LoopState) -> StepResult:
         result = answer_questions(state.model, self.items(), max_new_tokens=self.max_new_tokens)
