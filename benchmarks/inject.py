@@ -264,8 +264,8 @@ def main(argv: list[str] | None = None) -> None:
         result = inject(
             model,
             single.documents,
+            items,
             SelfParamConfig(train=train_config, **self_param),
-            items=items,
             regularizer_texts=regularizer_texts,
         )
         add("single", "self-param", score(model, single.test), result.train, result.teacher_seconds)
@@ -295,8 +295,8 @@ def main(argv: list[str] | None = None) -> None:
         result = inject(
             model,
             knowledge.documents,
+            all_items,
             SelfParamConfig(train=many_config, **self_param),
-            items=all_items,
             regularizer_texts=regularizer_texts,
         )
         add("batch", "self-param", score(model, knowledge.test), result.train, result.teacher_seconds)
@@ -318,8 +318,8 @@ def main(argv: list[str] | None = None) -> None:
         results = inject_sequential(
             model,
             knowledge.documents,
+            all_items,
             sequential,
-            items=all_items,
             regularizer_texts=regularizer_texts,
             after_round=after_round,
         )

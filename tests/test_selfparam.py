@@ -35,6 +35,7 @@ from selfevolve.evaluate.qa import (
     score_answers,
     token_f1,
 )
+from selfevolve.loop.recipes import InjectConfig
 from selfevolve.prompts import normalize_answer, qa_prompt, split_passages
 from selfevolve.records import Document, QAItem, SynthesizedItem
 from selfevolve.runtime import load_model
@@ -156,7 +157,7 @@ def test_lora_injection_merges_into_the_same_parameters_and_changes_them():
     model = fresh()
     before = weights(model)
     config = SelfParamConfig(train=TrainingConfig(epochs=2, batch_size=2, learning_rate=1e-2))
-    result = inject(model, [DOC], config, items=ITEMS)
+    result = inject(model, [DOC], ITEMS, config)
     after = weights(model)
     assert set(after) == set(before)  # no lora_A / lora_B left: merged, no extra parameters
     assert sum(p.numel() for p in after.values()) == sum(p.numel() for p in before.values())
@@ -173,7 +174,7 @@ def test_full_finetuning_with_topk_and_regularizer_changes_every_trained_matrix(
         top_k=16,
         regularizer_weight=0.5,
     )
-    inject(model, [DOC], config, items=ITEMS, regularizer_texts=["Paris is the capital of France."])
+    inject(model, [DOC], ITEMS, config, regularizer_texts=["Paris is the capital of France."])
     after = weights(model)
     assert set(after) == set(before)
     # full fine-tuning trains every parameter (embeddings, every projection and bias, norms, the LM head)
@@ -266,30 +267,29 @@ def test_synthesis_records_provenance_and_sequential_injection_runs(tmp_path):
     knowledge = fictional_knowledge(2, seed=3)
     store = ExperienceStore(tmp_path / "store.db")
     run_id = store.start_run("test", {})
+    synthesis = SynthesisConfig(questions_per_document=2, statements_per_document=1, min_support=0.0)
+    items = synthesize(
+        model, knowledge.documents, synthesis, given_questions=knowledge.train, store=store, run_id=run_id
+    )
     config = SelfParamConfig(
-        train=TrainingConfig(epochs=1, batch_size=4),
-        synthesis=SynthesisConfig(questions_per_document=2, statements_per_document=1, min_support=0.0),
-        mode="sequential",
-        rounds=2,
-        top_k=4,
+        train=TrainingConfig(epochs=1, batch_size=4), mode="sequential", rounds=2, top_k=4
     )
     seen_rounds = []
     results = inject_sequential(
         model,
         knowledge.documents,
+        items,
         config,
-        given_questions=knowledge.train,
-        store=store,
-        run_id=run_id,
         out_dir=tmp_path / "out",
         after_round=lambda k, seen, result: seen_rounds.append((k, [d.id for d in seen])),
     )
     assert seen_rounds == [(0, ["doc0000"]), (1, ["doc0000", "doc0001"])]
     assert all(r.train.steps > 0 for r in results)
+    assert [{i.doc_id for i in r.items} for r in results] == [{"doc0000"}, {"doc0001"}]
     stored = store.query(run_id=run_id)
     assert stored and all(e.phase == "acquire" and e.method == "self-param-synthesis" for e in stored)
     assert {e.metadata["doc_id"] for e in stored} == {"doc0000", "doc0001"}
-    assert (tmp_path / "out" / "round01" / "synthesized.jsonl").is_file()
+    assert (tmp_path / "out" / "round01" / "checkpoint" / "progress.json").is_file()
 
 
 def test_rounds_split_documents_evenly():
@@ -387,11 +387,13 @@ def test_hostile_arguments_give_clear_errors(tmp_path):
         fictional_knowledge(2).subset(["nope"])
     model = fresh()
     with pytest.raises(SelfEvolveError, match="no documents to inject"):
-        inject(model, [], items=ITEMS)
+        inject(model, [], ITEMS)
     with pytest.raises(SelfEvolveError, match="needs unrelated text"):
-        inject(model, [DOC], SelfParamConfig(regularizer_weight=1.0), items=ITEMS)
-    with pytest.raises(SelfEvolveError, match="kept no usable item"):
-        inject(model, [DOC], items=[])
+        inject(model, [DOC], ITEMS, SelfParamConfig(regularizer_weight=1.0))
+    with pytest.raises(SelfEvolveError, match="no synthesized items"):
+        inject(model, [DOC], [])
+    with pytest.raises(SelfEvolveError, match=r"document id\(s\) \['other'\]"):
+        inject(model, [DOC], [*ITEMS, SynthesizedItem("other", "q?", "a.", "question", 1.0)])
     with pytest.raises(SelfEvolveError, match="pass both store and run_id"):
         synthesize(model, [DOC], store=ExperienceStore(tmp_path / "s.db"))
     with pytest.raises(SelfEvolveError, match="unknown document id"):
@@ -424,13 +426,13 @@ def test_hostile_arguments_give_clear_errors(tmp_path):
 )
 def test_bad_config_keys_and_values_are_rejected(overrides, needle):
     with pytest.raises(SelfEvolveError, match=needle):
-        load_config(SelfParamConfig, None, overrides)
+        load_config(InjectConfig, None, overrides)
 
 
 def test_config_layers_nested_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  epochs: 2\n  lora: false\ntop_k: 32\n")
-    config = load_config(SelfParamConfig, path, ["train.epochs=3", "synthesis.questions_per_document=5"])
+    config = load_config(InjectConfig, path, ["train.epochs=3", "synthesis.questions_per_document=5"])
     assert (config.train.epochs, config.train.lora, config.top_k) == (3, False, 32)
     assert config.synthesis.questions_per_document == 5 and config.train.learning_rate is None
     assert config.train.peak_learning_rate == 3e-5  # full fine-tuning's default

@@ -7,34 +7,9 @@ from pathlib import Path
 
 import typer
 
-from selfevolve.errors import SelfEvolveError
 from selfevolve.runtime.registry import DEFAULT_MODEL
 
 MODES = ("single", "batch", "sequential")
-
-
-def _documents(source: str, out: Path):
-    """Documents, the questions to train on beside the synthesized ones, and held-out questions (if known)."""
-    from selfevolve.acquire.knowledge import (
-        fictional_knowledge,
-        load_documents,
-        write_documents,
-        write_questions,
-    )
-
-    if not source.startswith("fictional:"):
-        return load_documents(source), [], []
-    size, _, seed = source.removeprefix("fictional:").partition(":")
-    try:
-        count = int(size) if size.isdigit() else size
-        knowledge = fictional_knowledge(count, seed=int(seed or 0))
-    except ValueError as err:
-        raise SelfEvolveError(
-            f"{source!r} is not fictional:N or fictional:N:SEED (N a count or a size name)"
-        ) from err
-    write_documents(knowledge.documents, out / "documents.jsonl")
-    write_questions(knowledge.test, out / "questions.jsonl")
-    return list(knowledge.documents), list(knowledge.train), list(knowledge.test)
 
 
 def main(
@@ -54,7 +29,9 @@ def main(
     mode: str = typer.Option(
         None, "--mode", help="single, batch or sequential (default: the config's, batch)."
     ),
-    config: Path = typer.Option(None, "--config", "-c", help="YAML file with SelfParamConfig values."),
+    config: Path = typer.Option(
+        None, "--config", "-c", help="YAML file with InjectConfig values (SelfParamConfig's and synthesis)."
+    ),
     overrides: list[str] = typer.Option(
         None, "--set", help="Config override key=value, e.g. train.epochs=3."
     ),
@@ -79,13 +56,8 @@ def main(
     from selfevolve.cli._common import quiet_libraries
 
     quiet_libraries()
-    from selfevolve.acquire.knowledge import load_documents, load_questions
-    from selfevolve.config import config_to_dict, load_config, save_config
-    from selfevolve.evaluate.qa import answer_questions
-    from selfevolve.runtime import load_model
-    from selfevolve.store import ExperienceStore
-    from selfevolve.update.selfparam import SelfParamConfig, inject, inject_sequential
-    from selfevolve.update.training import save_model
+    from selfevolve.config import load_config
+    from selfevolve.loop.recipes import InjectConfig, inject_documents
 
     if mode is not None and mode not in MODES:
         raise typer.BadParameter(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -96,61 +68,20 @@ def main(
     ]
     if regularizer_text is not None and not any(o.startswith("regularizer_weight=") for o in extra):
         extra.insert(0, "regularizer_weight=1.0")
-    cfg = load_config(SelfParamConfig, config, extra)
-    out.mkdir(parents=True, exist_ok=True)
-    documents, given, held_out = _documents(docs, out)
-    unrelated = [d.text for d in load_documents(regularizer_text)] if regularizer_text is not None else []
-    if questions is not None:
-        held_out = load_questions(questions)
-    if cfg.mode == "single" and len(documents) != 1:
-        raise SelfEvolveError(
-            f"--mode single injects one document, got {len(documents)}; use --mode batch or sequential"
-        )
-    save_config(cfg, out / "config.yaml")
-    backend = load_model(model, device=device)
-
-    def evaluate(doc_ids: set[str] | None = None) -> dict | None:
-        chosen = [q for q in held_out if doc_ids is None or q.doc_id in doc_ids]
-        return answer_questions(backend, chosen).as_dict() if chosen else None
-
-    experience = ExperienceStore(store) if store is not None else None
-    run_id = (
-        experience.start_run("self-param inject", config_to_dict(cfg)) if experience is not None else None
-    )
-    report: dict = {
-        "model": backend.revision,
-        "documents": len(documents),
-        "mode": cfg.mode,
-        "before": evaluate(),
-    }
-    options = dict(
-        given_questions=given,
-        regularizer_texts=unrelated,
-        out_dir=out,
+    report = inject_documents(
+        docs,
+        out,
+        load_config(InjectConfig, config, extra),
+        model=model,
+        device=device,
+        questions=questions,
+        regularizer_text=regularizer_text,
         resume=resume,
-        store=experience,
-        run_id=run_id,
+        store=store,
+        on_round=lambda row: typer.echo(
+            f"round {row['round']}: " + json.dumps({"round": row["round"], "retention": row["retention"]})
+        ),
     )
-    if cfg.mode == "sequential":
-        rounds: list[dict] = []
-        groups: list[set[str]] = []
-
-        def after_round(index: int, seen, result) -> None:
-            groups.append(set(result.documents))
-            retention = [evaluate(group) for group in groups]  # F1 on each round's documents so far
-            rounds.append({"round": index, **result.summary(), "retention": retention})
-            typer.echo(f"round {index}: " + json.dumps({"round": index, "retention": retention}))
-
-        inject_sequential(backend, documents, cfg, after_round=after_round, **options)
-        report["rounds"] = rounds
-    else:
-        result = inject(backend, documents, cfg, **options)
-        report |= result.summary()
-    report["after"] = evaluate()
-    save_model(backend, out / "model")
-    if experience is not None:
-        experience.finish_run(run_id)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
     typer.echo(
         f"before: {report['before']}\nafter:  {report['after']}\nwrote {out / 'model'} and {out / 'report.json'}"
     )

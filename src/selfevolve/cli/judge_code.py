@@ -39,50 +39,26 @@ def main(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
 ) -> None:
     """Judge code samples with a language model; print the judge's agreement with the labels, if given."""
-    from selfevolve.acquire.mutate import load_candidates
-    from selfevolve.config import load_config
-    from selfevolve.evaluate.codejudge import MODES, CodeJudgeConfig, judge, judge_metrics
-    from selfevolve.evaluate.humaneval import load_humaneval
-
-    if mode not in MODES:
-        raise SelfEvolveError(f"unknown --mode {mode!r}; use one of {', '.join(MODES)}")
-    settings = load_config(CodeJudgeConfig, config, overrides or ())
-    candidates = load_candidates(samples)[:limit]
-    if not candidates:
-        raise SelfEvolveError(f"{samples} holds no samples; write one JSON object per line")
-    by_id = {p.task_id: p for p in load_humaneval(problems)}
-    unknown = sorted({c.task_id for c in candidates} - set(by_id))
-    if unknown:
-        where = problems or "the bundled HumanEval"
-        raise SelfEvolveError(f"task id(s) {unknown[:5]} are not in {where}; check --samples and --problems")
-
     from selfevolve.cli._common import quiet_libraries
 
     quiet_libraries()
-    if base_url:
-        from selfevolve.runtime.http import OpenAIBackend
+    from selfevolve.config import load_config
+    from selfevolve.evaluate.codejudge import MODES, CodeJudgeConfig
+    from selfevolve.loop.recipes import judge_samples
 
-        backend = OpenAIBackend(base_url, model=judge_model, api_key=api_key)
-    else:
-        from selfevolve.runtime import load_model
-
-        backend = load_model(judge_model, device=device)
-    results = judge(backend, by_id, candidates, mode, settings, reference=reference)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w", encoding="utf-8") as handle:
-            for candidate, result in zip(candidates, results):
-                row = {**result.as_dict(), "passed": candidate.passed}
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    valid = [r for r in results if r.valid]
-    summary = {
-        "judge": getattr(backend, "revision", backend.name),
-        "mode": mode,
-        "reference": reference,
-        "n": len(results),
-        "invalid": len(results) - len(valid),
-        "mean_score": sum(r.score for r in valid) / len(valid) if valid else None,
-    }
-    if any(c.passed is not None for c in candidates):
-        summary |= judge_metrics(results, candidates)
+    if mode not in MODES:
+        raise SelfEvolveError(f"unknown --mode {mode!r}; use one of {', '.join(MODES)}")
+    summary = judge_samples(
+        samples,
+        load_config(CodeJudgeConfig, config, overrides or ()),
+        judge_model=judge_model,
+        mode=mode,
+        problems=problems,
+        reference=reference,
+        base_url=base_url,
+        api_key=api_key,
+        limit=limit,
+        out=out,
+        device=device,
+    )
     typer.echo(json.dumps(summary))

@@ -1,7 +1,8 @@
 """The self-evolution loop: acquire, refine, update, evaluate, again and again, unattended and resumable.
 
 ``evolve(CONFIG)`` runs a YAML run config (see :mod:`selfevolve.loop.config`); steps are looked up by name in
-:data:`selfevolve.loop.steps.STEPS`; ``write_report(RUN_DIR)`` renders the run as one HTML file.
+:data:`selfevolve.loop.steps.STEPS`; ``write_report(RUN_DIR)`` renders the run as one HTML file. One method on
+its own, with what other phases add around it, is a recipe (:mod:`selfevolve.loop.recipes`).
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ _EXPORTS = {
     "StepResult": "selfevolve.loop.state",
     "STEPS": "selfevolve.loop.steps",
     "write_report": "selfevolve.loop.report",
+    "InjectConfig": "selfevolve.loop.recipes",
+    "inject_documents": "selfevolve.loop.recipes",
+    "judge_samples": "selfevolve.loop.recipes",
 }
 
 if TYPE_CHECKING:
     from selfevolve.loop.config import Guard, RunConfig, load_run_config
+    from selfevolve.loop.recipes import InjectConfig, inject_documents, judge_samples
     from selfevolve.loop.report import write_report
     from selfevolve.loop.runner import LoopEvent, RunSummary, evolve
     from selfevolve.loop.state import LoopState, StepResult

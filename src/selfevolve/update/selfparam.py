@@ -3,7 +3,8 @@
 Recipe, per set of documents:
 
 1. **Synthesize** questions, answers and statements about each document with the model itself
-   (:func:`~selfevolve.acquire.synthesize.synthesize`).
+   (:func:`~selfevolve.acquire.synthesize.synthesize`), done by the caller: the loop's ``synthesize_qa``
+   step, or :func:`~selfevolve.loop.recipes.inject_documents` for ``selfevolve inject``.
 2. **Teacher cache**: the frozen model *with the document in its system message* scores every synthesized
    response once; its per-token distributions (full vocabulary in float16, or top-k) are kept. They never
    change, so no teacher forward pass happens during training and no second model copy is held.
@@ -22,19 +23,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
 
 import torch
 
-from selfevolve.acquire.synthesize import SynthesisConfig, synthesize
 from selfevolve.errors import SelfEvolveError
 from selfevolve.prompts import qa_prompt, text_example
-from selfevolve.records import Document, QAItem, SynthesizedItem
+from selfevolve.records import Document, SynthesizedItem
 from selfevolve.runtime.backend import Prompt
 from selfevolve.runtime.model import LocalModel
-from selfevolve.store import ExperienceStore, read_jsonl, write_jsonl
 from selfevolve.update.losses import ForwardKLLoss, TopKForwardKLLoss
 from selfevolve.update.training import TrainingConfig, TrainResult, response_ids, train
 
@@ -49,7 +48,6 @@ class SelfParamConfig:
 
     # *(inferred)* LoRA r=16 on all linear layers, lr 2e-3, 8 epochs, batch 4
     train: TrainingConfig = field(default_factory=TrainingConfig)
-    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     mode: Literal["single", "batch", "sequential"] = "batch"
     rounds: int = 5  # sequential mode: documents arrive in this many rounds
     # 0: full-vocabulary KL (the paper); k > 0: the teacher's top-k plus a "rest" bucket (cache V/k smaller)
@@ -192,11 +190,10 @@ class DistillationObjective:
 
 @dataclass
 class InjectionResult:
-    """What one injection did: the synthesized items, timings, and the training run."""
+    """What one injection did: the items it trained on, the teacher cache's time, and the training run."""
 
     documents: list[str]
     items: list[SynthesizedItem]
-    synthesis_seconds: float
     teacher_seconds: float
     train: TrainResult
 
@@ -204,7 +201,6 @@ class InjectionResult:
         return {
             "documents": len(self.documents),
             "synthesized_items": len(self.items),
-            "synthesis_seconds": self.synthesis_seconds,
             "teacher_seconds": self.teacher_seconds,
             "train_seconds": self.train.seconds,
             "train_steps": self.train.steps,
@@ -215,65 +211,45 @@ class InjectionResult:
         }
 
 
-def _load_items(path: Path) -> list[SynthesizedItem]:
-    return [SynthesizedItem(**record) for _, record in read_jsonl(path)]
-
-
 def inject(
     model: LocalModel,
     documents: Sequence[Document],
+    items: Sequence[SynthesizedItem],
     config: SelfParamConfig | None = None,
     *,
-    given_questions: Sequence[QAItem] = (),
     regularizer_texts: Sequence[str] = (),
-    items: Sequence[SynthesizedItem] | None = None,
     out_dir: str | Path | None = None,
     resume: bool = False,
-    store: ExperienceStore | None = None,
-    run_id: str | None = None,
 ) -> InjectionResult:
     """Inject ``documents`` into ``model``'s weights (in place), all at once.
 
     Args:
         model: the model to update; afterwards it answers without the documents in its prompt.
         documents: what to inject.
+        items: the synthesized experiences about ``documents`` to train on.
         config: see :class:`SelfParamConfig`.
-        given_questions: questions to answer and train on beside the model-written ones.
-        regularizer_texts: unrelated text for the KL-to-base regularizer (used when ``regularizer_weight`` > 0).
-        items: synthesized items to train on instead of synthesizing (e.g. shared with a baseline).
-        out_dir: where the synthesized items and checkpoints go (``None``: nothing is written).
-        resume: reuse the items and the latest checkpoint found in ``out_dir`` (the teacher cache is rebuilt
-            from ``model``, which must be the same model the interrupted run started from).
-        store, run_id: record the synthesized experiences in the experience store.
+        regularizer_texts: unrelated text for the KL-to-base regularizer (when ``regularizer_weight`` > 0).
+        out_dir: where the checkpoints go (``None``: nothing is written).
+        resume: continue from the latest checkpoint found in ``out_dir`` (the teacher cache is rebuilt from
+            ``model``, which must be the same model the interrupted run started from).
     """
     config = config or SelfParamConfig()
     if not documents:
-        raise SelfEvolveError("no documents to inject")
+        raise SelfEvolveError("no documents to inject; pass at least one document")
+    items = list(items)
+    if not items:
+        raise SelfEvolveError(
+            "no synthesized items to train on; synthesize some about the documents first (acquire.synthesize)"
+        )
+    stray = sorted({item.doc_id for item in items} - {d.id for d in documents})
+    if stray:
+        raise SelfEvolveError(
+            f"items name document id(s) {stray} that are not being injected; pass those documents too"
+        )
     if config.regularizer_weight > 0 and not regularizer_texts:
         raise SelfEvolveError(
             "regularizer_weight > 0 needs unrelated text (regularizer_texts); pass some or set it to 0"
         )
-    folder = Path(out_dir) if out_dir is not None else None
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-    began = time.perf_counter()
-    items_file = folder / "synthesized.jsonl" if folder is not None else None
-    if items is None and resume and items_file is not None and items_file.is_file():
-        items = _load_items(items_file)
-    if items is None:
-        items = synthesize(
-            model, documents, config.synthesis, given_questions=given_questions, store=store, run_id=run_id
-        )
-    items = list(items)
-    if not items:
-        raise SelfEvolveError(
-            "synthesis kept no usable item for these documents (every answer failed the support filter); "
-            "lower synthesis.min_support, raise synthesis.questions_per_document, or pass given questions"
-        )
-    if items_file is not None:
-        write_jsonl(items_file, (asdict(item) for item in items))
-    synthesis_seconds = time.perf_counter() - began
-
     began = time.perf_counter()
     examples = qa_examples(model, items, documents)
     regularizer = text_examples(model, regularizer_texts) if config.regularizer_weight > 0 else []
@@ -292,9 +268,9 @@ def inject(
         regularizer_weight=config.regularizer_weight,
     )
     result = train(
-        model, list(range(len(examples))), objective, config.train, checkpoint_dir=folder, resume=resume
+        model, list(range(len(examples))), objective, config.train, checkpoint_dir=out_dir, resume=resume
     )
-    return InjectionResult([d.id for d in documents], items, synthesis_seconds, teacher_seconds, result)
+    return InjectionResult([d.id for d in documents], items, teacher_seconds, result)
 
 
 def rounds_of(documents: Sequence[Document], rounds: int) -> list[list[Document]]:
@@ -315,36 +291,29 @@ def rounds_of(documents: Sequence[Document], rounds: int) -> list[list[Document]
 def inject_sequential(
     model: LocalModel,
     documents: Sequence[Document],
+    items: Sequence[SynthesizedItem],
     config: SelfParamConfig | None = None,
     *,
-    given_questions: Sequence[QAItem] = (),
     regularizer_texts: Sequence[str] = (),
-    items: Sequence[SynthesizedItem] | None = None,
     out_dir: str | Path | None = None,
     resume: bool = False,
-    store: ExperienceStore | None = None,
-    run_id: str | None = None,
     after_round: Callable[[int, list[Document], InjectionResult], None] | None = None,
 ) -> list[InjectionResult]:
-    """Inject ``documents`` in ``config.rounds`` rounds, one after another; ``after_round(k, seen, result)``
-    is called after each (e.g. to measure retention of everything injected so far). Other arguments as in
-    :func:`inject`; ``items``, when given, are split by document over the rounds."""
+    """Inject ``documents`` in ``config.rounds`` rounds, one after another, each on its documents' ``items``;
+    ``after_round(k, seen, result)`` is called after each (e.g. to measure retention of everything injected
+    so far). Other arguments as in :func:`inject`; round ``k`` checkpoints into ``out_dir/roundKK``."""
     config = config or SelfParamConfig()
     results, seen = [], []
     for index, group in enumerate(rounds_of(documents, config.rounds)):
-        folder = Path(out_dir) / f"round{index:02d}" if out_dir is not None else None
         ids = {d.id for d in group}
         result = inject(
             model,
             group,
+            [item for item in items if item.doc_id in ids],
             config,
-            given_questions=[q for q in given_questions if q.doc_id in ids],
             regularizer_texts=regularizer_texts,
-            items=[item for item in items if item.doc_id in ids] if items is not None else None,
-            out_dir=folder,
+            out_dir=Path(out_dir) / f"round{index:02d}" if out_dir is not None else None,
             resume=resume,
-            store=store,
-            run_id=run_id,
         )
         seen.extend(group)
         results.append(result)

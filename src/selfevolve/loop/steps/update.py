@@ -75,7 +75,7 @@ class SelfParam:
         texts = [d.text for d in load_documents(self.regularizer_texts)] if self.regularizer_texts else []
         model = clone_model(state.model)
         documents = list(stored_documents(state).values())
-        injected = inject(model, documents, self.config(), items=_items(kept), regularizer_texts=texts)
+        injected = inject(model, documents, _items(kept), self.config(), regularizer_texts=texts)
         return _result(model, kept, injected.train)
 
 
