@@ -44,6 +44,7 @@ from selfevolve.evaluate.gcg import GCGConfig, gcg
 from selfevolve.evaluate.memorization import (
     MiniPromptConfig,
     acr_audit,
+    as_rows,
     histogram,
     minprompt_search,
     summarize,
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
         tokens = len(model.tokenizer(target.text, add_special_tokens=False)["input_ids"])
         capped = replace(config, max_prompt_tokens=max(config.max_prompt_tokens, tokens + 1))
         records += acr_audit(model, [target], capped, resume_file=partial)
-    rows = [r if isinstance(r, dict) else {"model": model.revision, **r.as_dict()} for r in records]
+    rows = as_rows(records, model)
     summary = summarize(rows)
     print_table(f"ACR audit, {model.revision}", summary)
     print_table(

@@ -76,15 +76,9 @@ def main(
     from selfevolve.cli._common import quiet_libraries
 
     quiet_libraries()
-    from selfevolve.evaluate.acr_targets import load_targets, write_targets
+    from selfevolve.evaluate.acr_targets import load_targets
     from selfevolve.evaluate.gcg import GCGConfig
-    from selfevolve.evaluate.memorization import (
-        MiniPromptConfig,
-        acr_audit,
-        as_targets,
-        histogram,
-        summarize,
-    )
+    from selfevolve.evaluate.memorization import MiniPromptConfig, as_targets, audit_memorization
     from selfevolve.runtime import load_model
 
     if (text is None) == (file is None):
@@ -96,18 +90,19 @@ def main(
     )
     if out is None and file is not None:
         out = Path(f"{file.stem}.acr.jsonl")
-    backend = load_model(model, device=device)
-    records = acr_audit(backend, targets, config, resume_file=out)
-    rows = [r if isinstance(r, dict) else {"model": backend.revision, **r.as_dict()} for r in records]
-    for row in rows:
-        keys = ("id", "set", "target", "target_tokens", "prompt_tokens", "acr", "memorized", "success")
+    report = audit_memorization(
+        load_model(model, device=device),
+        targets,
+        config,
+        resume_file=out,
+        histogram_file=out.with_suffix(".png") if file is not None else None,
+        memorized_file=memorized_out,
+    )
+    keys = ("id", "set", "target", "target_tokens", "prompt_tokens", "acr", "memorized", "success")
+    for row in report.rows:
         typer.echo(json.dumps({k: row[k] for k in (*keys, "prompt", "steps", "seconds")}))
-    if file is not None:
-        _print_summary(summarize(rows))
-        typer.echo(f"histogram: {histogram(rows, out.with_suffix('.png'))}", err=True)
+    if report.histogram is not None:
+        _print_summary(report.summary)
+        typer.echo(f"histogram: {report.histogram}", err=True)
     if memorized_out is not None:
-        from selfevolve.evaluate.acr_targets import Target
-
-        kept = [Target(r["id"], r["target"], r["set"]) for r in rows if r["memorized"]]
-        write_targets(kept, memorized_out)
-        typer.echo(f"{len(kept)} memorized target(s) written to {memorized_out}", err=True)
+        typer.echo(f"{len(report.memorized)} memorized target(s) written to {memorized_out}", err=True)

@@ -33,7 +33,7 @@ _EXPORTS |= {
 }
 _EXPORTS |= {
     name: "selfevolve.evaluate.memorization"
-    for name in ("ACRResult", "MiniPromptConfig", "acr_audit", "minprompt_search")
+    for name in ("ACRResult", "MiniPromptConfig", "acr_audit", "audit_memorization", "minprompt_search")
 }
 _EXPORTS |= {
     name: "selfevolve.evaluate.acr_targets" for name in ("Target", "builtin_targets", "load_targets")
@@ -44,7 +44,13 @@ if TYPE_CHECKING:
     from selfevolve.evaluate.codejudge import CodeJudgeConfig, JudgeResult, judge, judge_metrics
     from selfevolve.evaluate.gcg import GCGConfig, GCGResult, gcg
     from selfevolve.evaluate.humaneval import load_humaneval, pass_at_k
-    from selfevolve.evaluate.memorization import ACRResult, MiniPromptConfig, acr_audit, minprompt_search
+    from selfevolve.evaluate.memorization import (
+        ACRResult,
+        MiniPromptConfig,
+        acr_audit,
+        audit_memorization,
+        minprompt_search,
+    )
     from selfevolve.evaluate.qa import (
         QAResult,
         Retriever,

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from selfevolve.errors import SelfEvolveError
-from selfevolve.evaluate.acr_targets import Target
+from selfevolve.evaluate.acr_targets import Target, write_targets
 from selfevolve.evaluate.gcg import GCGConfig, GCGResult, gcg
 from selfevolve.io import append_jsonl, read_jsonl, write_text
 from selfevolve.runtime.model import LocalModel
@@ -221,6 +221,43 @@ def acr_audit(
         if path is not None:
             append_jsonl(path, {"model": model.revision, **result.as_dict()})
     return results
+
+
+def as_rows(records: Sequence[ACRResult | dict], model: LocalModel) -> list[dict]:
+    """Audit records as dicts in the resume file's form: a fresh result gains the model's revision."""
+    return [r if isinstance(r, dict) else {"model": model.revision, **r.as_dict()} for r in records]
+
+
+@dataclass
+class AuditReport:
+    """One audit: a row per target (see :func:`as_rows`), the summary per target set, the memorized targets,
+    and the histogram's file when one was drawn."""
+
+    rows: list[dict]
+    summary: list[dict]
+    memorized: list[Target]
+    histogram: Path | None = None
+
+
+def audit_memorization(
+    model: LocalModel,
+    targets: Sequence[str | Target],
+    config: MiniPromptConfig | None = None,
+    *,
+    resume_file: str | Path | None = None,
+    histogram_file: str | Path | None = None,
+    memorized_file: str | Path | None = None,
+    progress: bool = True,
+) -> AuditReport:
+    """:func:`acr_audit` (resumable through ``resume_file``), summarized per set; draws the ACR histogram to
+    ``histogram_file`` and writes the memorized targets to ``memorized_file`` (a document file for
+    ``inject``) when given."""
+    rows = as_rows(acr_audit(model, targets, config, progress, resume_file), model)
+    memorized = [Target(r["id"], r["target"], r["set"]) for r in rows if r["memorized"]]
+    if memorized_file is not None:
+        write_targets(memorized, memorized_file)
+    drawn = histogram(rows, histogram_file) if histogram_file is not None else None
+    return AuditReport(rows, summarize(rows), memorized, drawn)
 
 
 def _mean(values: Sequence[float]) -> float | None:
