@@ -177,7 +177,7 @@ def judge_samples(
     ``judge_model``, loaded here or served at ``base_url``; write each verdict with its label to ``out``.
 
     Returns the summary: judge, mode, counts, mean score, and agreement with the samples' ``passed`` labels
-    when any are given."""
+    when any are given. Bad files fail here, before the judge is loaded."""
     candidates = load_candidates(samples)[:limit]
     if not candidates:
         raise SelfEvolveError(f"{samples} holds no samples; write one JSON object per line")
@@ -185,7 +185,9 @@ def judge_samples(
     unknown = sorted({c.task_id for c in candidates} - set(by_id))
     if unknown:
         where = problems or "the bundled HumanEval"
-        raise SelfEvolveError(f"task id(s) {unknown[:5]} are not in {where}; check --samples and --problems")
+        raise SelfEvolveError(
+            f"task id(s) {unknown[:5]} of {samples} are not in {where}; check the samples and problems files"
+        )
     if base_url:
         from selfevolve.runtime.http import OpenAIBackend
 
