@@ -29,10 +29,10 @@ from pathlib import Path
 from benchmarks._common import print_table, write_results
 from selfevolve.acquire.trace import Trace, TraceConfig, trace_call
 from selfevolve.evaluate.humaneval import load_humaneval
+from selfevolve.loop.repair import RepairConfig, repair_train
 from selfevolve.records import Problem
 from selfevolve.runtime import load_model
 from selfevolve.runtime.registry import lookup
-from selfevolve.update.repair import RepairConfig, repair_train
 from selfevolve.update.training import TrainingConfig
 
 MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")

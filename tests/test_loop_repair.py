@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from selfevolve.evaluate.humaneval import load_humaneval
+from selfevolve.loop.repair import INSTRUCTION, RepairConfig, split_tasks
 from selfevolve.loop.state import LoopState
 from selfevolve.loop.steps.acquire import RepairProblems, SampleRepairs
 from selfevolve.loop.steps.evaluate import RepairFixRate
@@ -14,7 +15,6 @@ from selfevolve.loop.steps.update import RepairSFT
 from selfevolve.runtime.backend import Completion
 from selfevolve.runtime.model import LocalModel
 from selfevolve.store import ExperienceStore
-from selfevolve.update.repair import INSTRUCTION, RepairConfig, split_tasks
 from selfevolve.update.training import TrainingConfig
 
 SPLIT = dict(train_tasks=2, eval_tasks=1, seed=0)

@@ -12,10 +12,7 @@ import pytest
 from selfevolve.acquire.trace import trace_call
 from selfevolve.errors import SelfEvolveError
 from selfevolve.evaluate.humaneval import Problem, load_humaneval
-from selfevolve.runtime.backend import Completion
-from selfevolve.runtime.model import LocalModel
-from selfevolve.store import ExperienceStore
-from selfevolve.update.repair import (
+from selfevolve.loop.repair import (
     EXEMPLAR,
     METHOD,
     Attempt,
@@ -31,6 +28,9 @@ from selfevolve.update.repair import (
     repair_train,
     split_tasks,
 )
+from selfevolve.runtime.backend import Completion
+from selfevolve.runtime.model import LocalModel
+from selfevolve.store import ExperienceStore
 from selfevolve.update.training import TrainingConfig
 
 

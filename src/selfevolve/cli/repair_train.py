@@ -44,9 +44,9 @@ def main(
     from selfevolve.config import load_config, save_config
     from selfevolve.evaluate.humaneval import load_humaneval
     from selfevolve.io import write_json
+    from selfevolve.loop.repair import RepairConfig, RoundResult, repair_train
     from selfevolve.runtime import load_model
     from selfevolve.store import ExperienceStore
-    from selfevolve.update.repair import RepairConfig, RoundResult, repair_train
 
     named = {"rounds": rounds, "samples": samples, "train_tasks": train_tasks, "eval_tasks": eval_tasks}
     extra = [*(overrides or []), *(f"{k}={v}" for k, v in named.items() if v is not None)]

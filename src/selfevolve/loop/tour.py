@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from selfevolve.evaluate.humaneval import load_humaneval
+from selfevolve.loop.repair import RepairConfig, attempt_repairs, build_problems
 from selfevolve.runtime.kv import FullKV, SnapKV, StreamingLLM
 from selfevolve.runtime.loading import load_model
 from selfevolve.store import Experience, ExperienceStore
-from selfevolve.update.repair import RepairConfig, attempt_repairs, build_problems
 
 DEMO_TASK = "HumanEval/3"  # below_zero: a short loop, so the trace of its mutant fits a screen
 QUESTIONS = (

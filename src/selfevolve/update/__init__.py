@@ -21,14 +21,10 @@ _EXPORTS = {
     "TrainResult": "selfevolve.update.training",
     "train": "selfevolve.update.training",
     "save_model": "selfevolve.update.training",
-    "RepairConfig": "selfevolve.update.repair",
-    "RoundResult": "selfevolve.update.repair",
-    "repair_train": "selfevolve.update.repair",
 }
 
 if TYPE_CHECKING:
     from selfevolve.update.losses import ContinuationCrossEntropy, ForwardKLLoss, TopKForwardKLLoss
-    from selfevolve.update.repair import RepairConfig, RoundResult, repair_train
     from selfevolve.update.selfparam import (
         InjectionResult,
         SelfParamConfig,

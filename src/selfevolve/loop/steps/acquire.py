@@ -16,10 +16,7 @@ from selfevolve.acquire.synthesize import SynthesisConfig, synthesize
 from selfevolve.acquire.trace import token_counter
 from selfevolve.errors import SelfEvolveError
 from selfevolve.evaluate.humaneval import load_humaneval
-from selfevolve.loop.state import LoopState, StepResult, existing_path
-from selfevolve.records import Document, Problem, QAItem
-from selfevolve.store import Experience
-from selfevolve.update.repair import (
+from selfevolve.loop.repair import (
     CLOSING_FENCE,
     RepairConfig,
     RepairProblem,
@@ -29,6 +26,9 @@ from selfevolve.update.repair import (
     repair_request,
     split_tasks,
 )
+from selfevolve.loop.state import LoopState, StepResult, existing_path
+from selfevolve.records import Document, Problem, QAItem
+from selfevolve.store import Experience
 
 DOCUMENT = "document"
 QA = "qa"

@@ -11,11 +11,7 @@ from selfevolve.acquire.knowledge import fictional_spec, load_documents, load_qu
 from selfevolve.acquire.trace import token_counter
 from selfevolve.evaluate.humaneval import load_humaneval
 from selfevolve.evaluate.qa import QAResult, answer_questions, perplexity
-from selfevolve.loop.state import LoopState, StepResult, existing_path
-from selfevolve.loop.steps._general import GENERAL_QUESTIONS, GENERAL_TEXTS
-from selfevolve.records import QAItem
-from selfevolve.store import Experience
-from selfevolve.update.repair import (
+from selfevolve.loop.repair import (
     RepairConfig,
     attempt_repairs,
     build_problems,
@@ -23,6 +19,10 @@ from selfevolve.update.repair import (
     repair_request,
     split_tasks,
 )
+from selfevolve.loop.state import LoopState, StepResult, existing_path
+from selfevolve.loop.steps._general import GENERAL_QUESTIONS, GENERAL_TEXTS
+from selfevolve.records import QAItem
+from selfevolve.store import Experience
 
 HELDOUT = "heldout-qa"
 PROBE = "retention-probe"

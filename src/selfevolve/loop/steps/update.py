@@ -9,11 +9,11 @@ from typing import ClassVar
 
 from selfevolve.acquire.knowledge import load_documents
 from selfevolve.errors import SelfEvolveError
+from selfevolve.loop.repair import answer_target, repair_prompt
 from selfevolve.loop.state import LoopState, StepResult, clone_model, existing_path
 from selfevolve.loop.steps.acquire import QA, REPAIR, REPAIR_PROBLEM, repair_problem, stored_documents
 from selfevolve.records import SynthesizedItem
 from selfevolve.store import Decision, Experience
-from selfevolve.update.repair import answer_target, repair_prompt
 from selfevolve.update.selfparam import SelfParamConfig, inject
 from selfevolve.update.sft import CrossEntropyObjective, SFTConfig, finetune
 from selfevolve.update.training import TrainingConfig, TrainResult, response_ids, train
@@ -105,7 +105,7 @@ class RepairSFT:
     PHASE: ClassVar[str] = "update"
     METRICS: ClassVar[tuple[str, ...]] = ()
 
-    # *(inferred)* short SFT per round, as update/repair.py: LoRA r=16, lr 5e-4, 2 epochs
+    # *(inferred)* short SFT per round, as loop/repair.py: LoRA r=16, lr 5e-4, 2 epochs
     train: TrainingConfig = field(default_factory=lambda: TrainingConfig(epochs=2, learning_rate=5e-4))
 
     def run(self, state: LoopState) -> StepResult:

@@ -1,6 +1,7 @@
 """NExT: program repair with execution traces, and ReST-EM self-training on the model's own verified fixes.
 
-Recipe (https://arxiv.org/abs/2404.14662, Ni et al., 2024, "NExT: Teaching Large Language Models to Reason
+A recipe of the loop layer: it acquires problems and samples, filters them by execution, trains and evaluates,
+so it lives above the phases it composes. Recipe (https://arxiv.org/abs/2404.14662, Ni et al., 2024, "NExT: Teaching Large Language Models to Reason
 about Code Execution"):
 
 1. **Problems.** Buggy programs are HumanEval canonical solutions with one mutation that makes a test fail
@@ -40,12 +41,13 @@ from selfevolve.acquire.trace import TokenCounter, TraceConfig, token_counter, t
 from selfevolve.config import config_to_dict
 from selfevolve.errors import SelfEvolveError
 from selfevolve.evaluate.humaneval import pass_at_k
+from selfevolve.io import read_jsonl, write_json, write_jsonl
 from selfevolve.records import Problem, Sample
 from selfevolve.runtime.backend import Backend, Message
 from selfevolve.runtime.model import LocalModel
 from selfevolve.sandbox import Remote, Stopped, run_remote
 from selfevolve.sandbox.humaneval import evaluate_samples
-from selfevolve.store import Experience, ExperienceStore, read_jsonl, write_jsonl
+from selfevolve.store import Experience, ExperienceStore
 from selfevolve.update.sft import CrossEntropyObjective
 from selfevolve.update.training import TrainingConfig, TrainResult, response_ids, save_model, train
 
@@ -80,9 +82,15 @@ class RepairConfig:
     def __post_init__(self) -> None:
         for name in ("rounds", "samples", "train_tasks", "eval_tasks", "mutants_per_task", "eval_samples"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise SelfEvolveError(
+                    f"repair {name} must be at least 1, got {getattr(self, name)}: it counts rounds, samples or tasks; "
+                    f"set {name}=1 or more"
+                )
         if self.temperature <= 0 or self.eval_temperature <= 0:
-            raise ValueError("temperature and eval_temperature must be positive: samples must differ")
+            raise SelfEvolveError(
+                f"repair temperature {self.temperature} / eval_temperature {self.eval_temperature}: sampling needs "
+                "a positive temperature so that samples differ; set both above 0, e.g. 0.8"
+            )
 
 
 @dataclass(frozen=True)
@@ -407,12 +415,6 @@ class RoundResult:
     seconds: dict = field(default_factory=dict)  # sample, train, eval
 
 
-def _write_json(path: Path, data) -> None:
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(json.dumps(data, indent=2))
-    staging.replace(path)
-
-
 def _read_jsonl(path: Path, cls):
     return [cls(**record) for _, record in read_jsonl(path)]
 
@@ -519,7 +521,7 @@ def repair_train(
         )
     if store is not None and not state.get("run_id"):
         state["run_id"] = store.start_run("next repair-train", settings)
-    _write_json(state_file, state)
+    write_json(state_file, state)
     recorder = _Recorder(store, state.get("run_id"))
     sampler = sampler or model
     base_revision = model.revision
@@ -586,7 +588,7 @@ def repair_train(
             result.fix_rate, result.seconds["eval"] = evaluate(round_, folder)
             summary = {"fix_rate": result.fix_rate, "sampled": result.sampled, "kept": result.kept}
             recorder.summary(round_, "evaluate", summary, model.revision, result.fix_rate["trace"]["pass@1"])
-            _write_json(done, asdict(result))
+            write_json(done, asdict(result))
         results.append(result)
         if on_round is not None:
             on_round(result)
