@@ -20,7 +20,6 @@ the same batches (interleaved).
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
 from pathlib import Path
@@ -30,7 +29,9 @@ import torch
 from benchmarks._common import print_table, write_results
 from selfevolve.acquire.knowledge import fictional_knowledge
 from selfevolve.acquire.synthesize import SynthesisConfig, synthesize
+from selfevolve.evaluate.general import GENERAL_QUESTIONS
 from selfevolve.evaluate.qa import Retriever, answer_questions, in_context, perplexity
+from selfevolve.loop.state import clone_model
 from selfevolve.records import QAItem
 from selfevolve.runtime import DEFAULT_MODEL, LocalModel, load_model
 from selfevolve.update.selfparam import (
@@ -45,29 +46,6 @@ from selfevolve.update.selfparam import (
 from selfevolve.update.sft import CrossEntropyObjective, SFTConfig, finetune, sft_examples
 from selfevolve.update.training import TrainingConfig, TrainResult, _with_lora
 
-GENERAL_QUESTIONS = [
-    ("What is the capital of France?", "Paris"),
-    ("What is the capital of Japan?", "Tokyo"),
-    ("What is the capital of Italy?", "Rome"),
-    ("What is the capital of Germany?", "Berlin"),
-    ("What is the capital of Spain?", "Madrid"),
-    ("What is the capital of England?", "London"),
-    ("How many days are there in a week?", "seven"),
-    ("What is the largest planet in our solar system?", "Jupiter"),
-    ("Which planet is known as the Red Planet?", "Mars"),
-    ("What gas do plants absorb from the air?", "carbon dioxide"),
-    ("What is the chemical symbol for water?", "H2O"),
-    ("Who wrote Romeo and Juliet?", "Shakespeare"),
-    ("What is the freezing point of water in degrees Celsius?", "0"),
-    ("What is the largest ocean on Earth?", "Pacific"),
-    ("What colour is the sky on a clear day?", "blue"),
-    ("Which animal is known as the king of the jungle?", "lion"),
-    ("What is the tallest mountain in the world?", "Everest"),
-    ("What language is spoken in Brazil?", "Portuguese"),
-    ("Who painted the Mona Lisa?", "Leonardo da Vinci"),
-    ("What is the closest star to Earth?", "Sun"),
-]
-
 
 def general_texts(folder: Path, count: int, offset: int, chars: int = 1500) -> list[str]:
     """Paragraph-sized pieces of the haystack essays (shared/data), unrelated to the fictional documents."""
@@ -77,16 +55,6 @@ def general_texts(folder: Path, count: int, offset: int, chars: int = 1500) -> l
             f"need {count + offset} essays in {folder}; pass --general-text to a folder of .txt files"
         )
     return [" ".join(f.read_text().split())[:chars] for f in files]
-
-
-def clone(model: LocalModel) -> LocalModel:
-    return LocalModel(
-        copy.deepcopy(model.model),
-        model.tokenizer,
-        name=model.name,
-        revision=model.revision,
-        batch_size=model.batch_size,
-    )
 
 
 class Scorer:
@@ -123,7 +91,7 @@ def step_cost(
 
     The SELF-PARAM step is the one :func:`inject` trains with: KL to the cached teacher plus, when
     ``regularizer_weight`` > 0, the KL-to-base regularizer on one unrelated text."""
-    student = clone(model)
+    student = clone_model(model)
     student.model = _with_lora(student.model, TrainingConfig())
     student.model.train()
     examples = qa_examples(model, items, documents)
@@ -253,14 +221,14 @@ def main(argv: list[str] | None = None) -> None:
         add("single", "in-context", score(base, single.test, contexts, general=False))
         retrieved = Retriever(knowledge.documents).retrieve([q.question for q in single.test])
         add("single", "retrieval", score(base, single.test, retrieved, general=False))
-        model = clone(base)
+        model = clone_model(base)
         lm_train = TrainingConfig(epochs=args.lm_epochs, batch_size=1, seed=args.seed)
         lm = finetune(model, SFTConfig(train=lm_train, target="document"), documents=single.documents)
         add("single", "lm-finetune-raw-doc", score(model, single.test), lm)
-        model = clone(base)
+        model = clone_model(base)
         sft = finetune(model, SFTConfig(train=train_config), items=items)
         add("single", "sft-synth-qa", score(model, single.test), sft)
-        model = clone(base)
+        model = clone_model(base)
         result = inject(
             model,
             single.documents,
@@ -291,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
         add("batch", "base", score(base, knowledge.test, general=False))
         contexts = in_context(knowledge.test, knowledge.documents)
         add("batch", "in-context", score(base, knowledge.test, contexts, general=False))
-        model = clone(base)
+        model = clone_model(base)
         result = inject(
             model,
             knowledge.documents,
@@ -303,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
 
     curve: list[dict] = []
     if "sequential" in settings:
-        model = clone(base)
+        model = clone_model(base)
         groups: list[list[str]] = []
 
         def after_round(index, seen, result) -> None:

@@ -9,6 +9,7 @@ from typing import ClassVar
 
 from selfevolve.acquire.knowledge import fictional_spec, load_documents, load_questions
 from selfevolve.acquire.trace import token_counter
+from selfevolve.evaluate.general import GENERAL_QUESTIONS, GENERAL_TEXTS
 from selfevolve.evaluate.humaneval import load_humaneval
 from selfevolve.evaluate.qa import QAResult, answer_questions, perplexity
 from selfevolve.loop.repair import (
@@ -20,7 +21,6 @@ from selfevolve.loop.repair import (
     split_tasks,
 )
 from selfevolve.loop.state import LoopState, StepResult, existing_path
-from selfevolve.loop.steps._general import GENERAL_QUESTIONS, GENERAL_TEXTS
 from selfevolve.records import QAItem
 from selfevolve.store import Experience
 

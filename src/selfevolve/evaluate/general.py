@@ -1,4 +1,4 @@
-"""Built-in general knowledge for the retention step: probe questions and plain prose for perplexity.
+"""General knowledge for measuring retention: probe questions and plain prose for perplexity.
 
 Both are unrelated to anything the loop injects; the retention step measures what an update costs on them.
 Pass your own with ``retention.probes`` (JSONL) and ``retention.texts`` (.txt, folder or JSONL).
