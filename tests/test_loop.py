@@ -14,6 +14,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from selfevolve.errors import SelfEvolveError
 from selfevolve.loop import STEPS, StepResult, evolve, load_run_config
 from selfevolve.loop.state import LoopState, clone_model
 from selfevolve.loop.steps.acquire import DOCUMENT, QA
@@ -338,3 +339,24 @@ def test_a_run_that_never_finished_a_step_takes_a_corrected_config(tmp_path):
     with pytest.raises(SelfEvolveError, match="unknown model 'tiny-random-lama'"):
         evolve(config, overrides=["model=tiny-random-lama"])  # a typo: config.yaml is written, no step ran
     assert evolve(config).iterations[0].reason == "the base model"
+
+
+def test_the_acr_step_audits_what_the_iteration_injected(tmp_path):
+    # A 2-step GCG budget per prompt length: the tiny random model memorizes nothing, so every target is a
+    # failure bound (ACR = target tokens / max_prompt_tokens), memorized share 0, and each audit is stored.
+    search = {"gcg": {"steps": 2, "batch": 4, "topk": 8}, "start_tokens": 4, "max_prompt_tokens": 6}
+    config = tiny_config(tmp_path, iterations=1)
+    raw = yaml.safe_load(config.read_text())
+    raw["evaluate"].append({"step": "acr", "search": search})
+    config.write_text(yaml.safe_dump(raw))
+    evolve(config)
+    store = ExperienceStore(tmp_path / "run" / "store.sqlite")
+    audits = [e for e in store.query(task="acr-target") if e.iteration == 1]
+    (run,) = store.runs()
+    scores = {(s.iteration, s.metric): s.value for s in store.scores(run.id, step="acr")}
+    store.close()
+    assert [e.response for e in audits] == ["Ada Lovelace was born in London in 1815."]
+    assert not audits[0].feedback["memorized"] and audits[0].score == pytest.approx(audits[0].feedback["acr"])
+    assert scores[(1, "memorized")] == 0.0 and scores[(0, "memorized")] == 0.0  # iteration 0 injects nothing
+    with pytest.raises(SelfEvolveError, match=r"acr\.sentences is 0"):
+        STEPS["acr"](sentences=0)

@@ -13,7 +13,7 @@ from selfevolve.loop.steps.acquire import (
     SampleRepairs,
     SynthesizeQA,
 )
-from selfevolve.loop.steps.evaluate import HeldoutQA, RepairFixRate, Retention
+from selfevolve.loop.steps.evaluate import HeldoutQA, InjectedMemorization, RepairFixRate, Retention
 from selfevolve.loop.steps.refine import CodeJudgeFilter, ExecutionFilter, GroundingFilter
 from selfevolve.loop.steps.update import SFT, RepairSFT, SelfParam
 
@@ -32,4 +32,5 @@ STEPS: dict[str, type] = {
     "heldout_qa": HeldoutQA,
     "retention": Retention,
     "repair_fix_rate": RepairFixRate,
+    "acr": InjectedMemorization,
 }

@@ -4,13 +4,17 @@ report can show the base model's and the shipped model's answers side by side.""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from selfevolve.acquire.knowledge import fictional_spec, load_documents, load_questions
 from selfevolve.acquire.trace import token_counter
+from selfevolve.errors import SelfEvolveError
+from selfevolve.evaluate.acr_targets import Target
+from selfevolve.evaluate.gcg import GCGConfig
 from selfevolve.evaluate.general import GENERAL_QUESTIONS, GENERAL_TEXTS
 from selfevolve.evaluate.humaneval import load_humaneval
+from selfevolve.evaluate.memorization import MiniPromptConfig, audit_memorization
 from selfevolve.evaluate.qa import QAResult, answer_questions, perplexity
 from selfevolve.loop.repair import (
     RepairConfig,
@@ -21,11 +25,13 @@ from selfevolve.loop.repair import (
     split_tasks,
 )
 from selfevolve.loop.state import LoopState, StepResult, existing_path
+from selfevolve.loop.steps.acquire import stored_documents
 from selfevolve.records import QAItem
 from selfevolve.store import Experience
 
 HELDOUT = "heldout-qa"
 PROBE = "retention-probe"
+MEMORIZATION = "acr-target"
 
 
 def _answers(task: str, result: QAResult, revision: str) -> list[Experience]:
@@ -186,4 +192,59 @@ class RepairFixRate:
             experiences=experiences,
             metrics={"pass_at_1": rates["pass@1"], "pass_at_k": rates[f"pass@{self.samples}"]},
             summary={"problems": len(problems)},
+        )
+
+
+def _first_sentences(text: str, count: int) -> list[str]:
+    """The first ``count`` sentences of a document (split after '. ')."""
+    sentences = [part.strip() for part in text.replace("\n", " ").split(". ") if part.strip()]
+    return [s if s.endswith(".") else s + "." for s in sentences[:count]]
+
+
+@dataclass
+class InjectedMemorization:
+    """Was what the loop injected memorized verbatim, or integrated? The adversarial compression ratio
+    (ACR, https://arxiv.org/abs/2404.15146) of the first sentences of this iteration's documents: a sentence is
+    memorized when a MiniPrompt search finds a prompt shorter than it that makes the model emit it exactly."""
+
+    PHASE: ClassVar[str] = "evaluate"
+    METRICS: ClassVar[tuple[str, ...]] = ("memorized", "best_acr")
+
+    sentences: int = 1  # first sentences of each document to audit
+    search: MiniPromptConfig = field(default_factory=lambda: MiniPromptConfig(gcg=GCGConfig(steps=20)))
+
+    def __post_init__(self) -> None:
+        if self.sentences < 1:
+            raise SelfEvolveError(
+                f"acr.sentences is {self.sentences}: at least one sentence per document is audited; set it to 1 or more"
+            )
+
+    def run(self, state: LoopState) -> StepResult:
+        targets = [
+            Target(f"{doc.id}-{k}", sentence, "injected")
+            for doc in stored_documents(state).values()
+            for k, sentence in enumerate(_first_sentences(doc.text, self.sentences))
+        ]
+        if not targets:  # the base model's iteration acquires nothing
+            return StepResult(metrics={"memorized": 0.0, "best_acr": 0.0}, summary={"targets": 0})
+        rows = audit_memorization(state.model, targets, self.search, progress=False).rows
+        experiences = [
+            Experience(
+                run_id="",
+                task=MEMORIZATION,
+                prompt=row["prompt"] or "",
+                response=row["target"],
+                phase="evaluate",
+                feedback={"acr": row["acr"], "memorized": row["memorized"], "success": row["success"]},
+                score=row["acr"],
+                model_revision=state.model.revision,
+                metadata={"target": row["id"]},
+            )
+            for row in rows
+        ]
+        memorized = [row["acr"] for row in rows if row["memorized"]]
+        return StepResult(
+            experiences=experiences,
+            metrics={"memorized": len(memorized) / len(rows), "best_acr": max(memorized, default=0.0)},
+            summary={"targets": len(rows)},
         )
