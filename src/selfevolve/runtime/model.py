@@ -113,6 +113,8 @@ class LocalModel:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.lock = threading.Lock()
+        # the text of every special token, which message text must not turn into control tokens
+        self._control_texts = tuple(t.content for t in tokenizer.added_tokens_decoder.values() if t.special)
 
     def __repr__(self) -> str:
         return f"LocalModel(name={self.name!r}, revision={self.revision!r}, device={self.device})"
@@ -167,8 +169,7 @@ class LocalModel:
 
     def _spells_control_tokens(self, text: object) -> bool:
         """Whether ``text`` (a message's content) contains the text of one of the tokenizer's special tokens."""
-        specials = [t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special]
-        return isinstance(text, str) and any(token in text for token in specials)
+        return isinstance(text, str) and any(token in text for token in self._control_texts)
 
     def _left_pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(row) for row in rows)
