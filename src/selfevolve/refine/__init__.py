@@ -1,0 +1,1 @@
+"""Refine: clean, repair and filter experience before training on it (one module per method)."""
