@@ -55,6 +55,7 @@ def test_logprob_judge_is_the_softmax_of_the_two_label_scores_in_one_batched_cal
     got = judge.prefer(TRIPLES)
     assert backend.score_calls == 1 and len(backend.prompts) == 2 * len(TRIPLES)
     t = PairwiseTemplate()
+    assert t(*TRIPLES[0]) == t.messages(*TRIPLES[0]) and "better" in t(*TRIPLES[0])[-1]["content"]
     for (q, a, b), p in zip(TRIPLES, got):
         la, lb = (s.total for s in tiny_llama.score([t.messages(q, a, b)] * 2, ["A", "B"]))
         # P(A) = e^la / (e^la + e^lb) = 1 / (1 + e^(lb - la))

@@ -77,6 +77,10 @@ class PairwiseTemplate:
             {"role": "user", "content": self.user(question, a, b, negated)},
         ]
 
+    def __call__(self, question: str, a: str, b: str, negated: bool = False) -> list[Message]:
+        """The prompt hook: the same as :meth:`messages`."""
+        return self.messages(question, a, b, negated)
+
     def text(self, question: str, a: str, b: str, negated: bool = False) -> str:
         """A plain-text prompt ending in ``Answer:`` (for backends that score text only, e.g. over HTTP)."""
         return f"{self.system}\n\n{self.user(question, a, b, negated)}\nAnswer:"
