@@ -75,6 +75,7 @@ def test_an_always_first_judge_has_no_commutativity_and_no_negation_invariance()
     # order-averaged preference (1 + 1 - 1) / 2 = 0.5 on every pair: all ties, a consistent (flat) order; the
     # tie earns half credit against gold
     assert report.metrics["s_tran"].value == 1.0 and report.metrics["gold_agreement"].value == 0.5
+    assert report.tie_rate == 1.0 and measure(total_order, [NUMBERS]).tie_rate == 0.0
     # with one order only, P[i, j] = 1 for i < j is the total order by position: transitive, and against gold
     # it is right exactly on the pairs whose lower-index item has the larger number: 3<17 no, 3<8 no, 3<42 no,
     # 3>1 yes, 3<25 no, 17>8 yes, 17<42 no, 17>1 yes, 17<25 no, 8<42 no, 8>1 yes, 8<25 no, 42>1 yes, 42>25 yes,

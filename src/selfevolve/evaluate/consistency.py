@@ -94,6 +94,7 @@ class ConsistencyReport:
     metrics: dict[str, Metric]
     calls: int  # judge verdicts really asked (cache hits not counted)
     invalid: int  # invalid (nan) verdicts among them
+    tie_rate: float | None  # share of valid pairs whose (order-averaged) preference is a tie
     n_sets: int
     n_items: int
     config: ConsistencyConfig
@@ -108,6 +109,7 @@ class ConsistencyReport:
             },
             "calls": self.calls,
             "invalid": self.invalid,
+            "tie_rate": self.tie_rate,
             "n_sets": self.n_sets,
             "n_items": self.n_items,
             "config": asdict(self.config),
@@ -324,11 +326,14 @@ def measure_consistency(
     units: dict[str, list[float]] = {name: [] for name in METRICS}
     invalid = dict.fromkeys(METRICS, 0)
     calls = dict.fromkeys(METRICS, 0)
-    short, no_gold = 0, 0
+    short, no_gold, tied, decided = 0, 0, 0, 0
     began = time.perf_counter()
     for item_set in tqdm(item_sets, desc="judge consistency", unit="set", disable=not progress):
         n = len(item_set.items)
         prefs = _matrix(cached, item_set, negated=False)
+        upper = verdicts(pair_preference(prefs, config.both_orders), config.tie_margin)[np.triu_indices(n, 1)]
+        tied += int((upper == 0).sum())
+        decided += int((~np.isnan(upper)).sum())
         found, bad = commutativity_units(prefs, config.tie_margin)
         units["s_comm"] += found
         invalid["s_comm"] += bad
@@ -382,6 +387,7 @@ def measure_consistency(
         metrics=metrics,
         calls=cached.calls - calls0,
         invalid=cached.invalid - invalid0,
+        tie_rate=tied / decided if decided else None,
         n_sets=len(item_sets),
         n_items=sum(len(s.items) for s in item_sets),
         config=config,
