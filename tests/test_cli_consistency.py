@@ -88,6 +88,8 @@ def test_a_total_order_callable_scores_one_and_the_json_has_every_metric(workdir
     # 2 sets x 5 items: 2 x 20 ordered pairs, asked once each in both polarities = 80 calls
     assert report["calls"] == 80 and report["metrics"]["s_comm"]["calls"] == 40
     assert report["metrics"]["s_tran"]["n"] == 2  # C(5, 5) = 1 subset per set
+    generated = invoke("numbers:3:0", "--judge", "consistency_judges:total_order", "--json", out)
+    assert "3 sets, 15 items" in generated.stdout and json.loads(out.read_text())["calls"] == 120
 
 
 def test_always_first_position_has_zero_commutativity(workdir):

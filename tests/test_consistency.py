@@ -257,8 +257,8 @@ def test_the_loop_step_measures_the_current_model_as_a_judge(tmp_path, tiny_llam
     )
     metrics = verdict.run(state).metrics
     assert math.isnan(metrics["gold_agreement"]) and 0.0 <= metrics["invalid_rate"] <= 1.0
-    with pytest.raises(SelfEvolveError, match="needs items"):
-        STEPS["judge_consistency"]()
+    default = STEPS["judge_consistency"]()  # generated number sets: no file needed
+    assert default.items == "numbers:4:0"
     with pytest.raises(SelfEvolveError, match="does not exist"):
         STEPS["judge_consistency"](items=str(tmp_path / "missing.jsonl"))
     with pytest.raises(SelfEvolveError, match="kind"):
@@ -286,3 +286,16 @@ def test_the_loop_step_measures_the_current_model_as_a_judge(tmp_path, tiny_llam
     scores = {s.metric: s.value for s in store.scores(run.id, step="judge_consistency")}
     store.close()
     assert scores["s_comm"] == pytest.approx(expected.metrics["s_comm"].value)
+
+
+def test_generated_number_sets_have_an_exact_gold_order():
+    from selfevolve.evaluate.consistency import item_sets_from, number_item_sets
+
+    sets = item_sets_from("numbers:3:7")
+    assert len(sets) == 3 and sets == number_item_sets(3, 7)
+    for item_set in sets:
+        assert len(set(item_set.items)) == 5 and item_set.gold == [float(t) for t in item_set.items]
+    report = measure(total_order, sets)
+    assert report.metrics["gold_agreement"].value == 1.0 and report.metrics["s_tran"].value == 1.0
+    with pytest.raises(SelfEvolveError):
+        number_item_sets(0)

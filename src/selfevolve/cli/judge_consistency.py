@@ -38,8 +38,10 @@ def _print_table(report) -> None:
 
 
 def main(
-    items: Path = typer.Argument(
-        ..., help="JSONL, one item set per line: question, items (list of texts), optional gold and id."
+    items: str = typer.Argument(
+        ...,
+        help="JSONL, one item set per line: question, items (list of texts), optional gold and id; or "
+        "numbers:COUNT:SEED (generated 'which number is larger' sets with gold).",
     ),
     judge: str = typer.Option(
         ...,
