@@ -89,7 +89,7 @@ def test_a_total_order_callable_scores_one_and_the_json_has_every_metric(workdir
     assert report["calls"] == 80 and report["metrics"]["s_comm"]["calls"] == 40
     assert report["metrics"]["s_tran"]["n"] == 2  # C(5, 5) = 1 subset per set
     generated = invoke("numbers:3:0", "--judge", "consistency_judges:total_order", "--json", out)
-    assert "3 sets, 15 items" in generated.stdout and json.loads(out.read_text())["calls"] == 120
+    assert "s_tran(5)" in generated.stdout and json.loads(out.read_text())["calls"] == 120  # 3 x 20 x 2
 
 
 def test_always_first_position_has_zero_commutativity(workdir):
