@@ -224,7 +224,11 @@ def test_load_judge_over_http_matches_the_local_text_prompt_judge(tiny_llama):
         assert isinstance(remote, LogprobJudge) and not remote.chat
         local = LogprobJudge(Counting(tiny_llama, text_only=True))
         assert remote.prefer(TRIPLES) == pytest.approx(local.prefer(TRIPLES), abs=1e-4)
-        assert isinstance(load_judge(url, kind="verdict"), VerdictJudge)
+        verdict = load_judge(url, kind="verdict")
+        assert isinstance(verdict, VerdictJudge)
+        local_verdict = VerdictJudge(tiny_llama)
+        assert verdict.prefer(TRIPLES) == pytest.approx(local_verdict.prefer(TRIPLES), nan_ok=True)
+        assert verdict.last_raw == local_verdict.last_raw  # greedy over HTTP = greedy locally
     with pytest.raises(SelfEvolveError, match="cannot list the models"):
         load_judge("http://127.0.0.1:9/v1")
 
