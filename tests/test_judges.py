@@ -63,6 +63,8 @@ def test_logprob_judge_is_the_softmax_of_the_two_label_scores_in_one_batched_cal
     negated = judge.prefer(TRIPLES[:1], negated=True)
     assert "worse" in backend.prompts[-1][-1]["content"] and 0 < negated[0] < 1
     assert judge.prefer([]) == []
+    custom = LogprobJudge(tiny_llama, PairwiseTemplate(better="Which is larger? A or B."))
+    assert custom.name.startswith("logprob:tiny-random-llama+template-") and custom.name != judge.name
 
 
 def test_logprob_judge_scores_text_prompts_on_a_text_only_backend(tiny_llama):
