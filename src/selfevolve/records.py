@@ -65,3 +65,14 @@ class Problem:
     entry_point: str
     canonical_solution: str
     test: str
+
+
+@dataclass
+class ItemSet:
+    """One line of a judge-consistency JSONL: the criterion, the items to compare, optional gold scores (one
+    number per item, higher is better) and an id."""
+
+    question: str
+    items: list[str]
+    gold: list[float] | None = None
+    id: str = ""
