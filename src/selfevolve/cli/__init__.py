@@ -13,6 +13,7 @@ from selfevolve import __version__
 from selfevolve.cli import (
     acr,
     bench,
+    clean_prefs,
     demo,
     doctor,
     eval_qa,
@@ -46,6 +47,7 @@ COMMANDS = (
     (inject.main, "inject"),
     (eval_qa.main, "eval-qa"),
     (judge_code.main, "judge-code"),
+    (clean_prefs.main, "clean-prefs"),
     (exec_.main, "exec"),
     (trace.main, "trace"),
     (repair_train.main, "repair-train"),

@@ -360,8 +360,8 @@ class CrossFitRewardModel:
         return MemberScores(probs, rewards)
 
 
-def _column_spread(diff: Any) -> Any:
-    """Per-feature standard deviation of the differences (1 where a feature never varies)."""
+def _column_spread(diff: Any) -> np.ndarray:
+    """(D,) per-feature standard deviation of the differences (1 where a feature never varies)."""
     import scipy.sparse as sp
 
     if sp.issparse(diff):
@@ -370,22 +370,16 @@ def _column_spread(diff: Any) -> Any:
         spread = np.sqrt(np.maximum(square - mean**2, 0))
     else:
         spread = np.asarray(diff).std(axis=0)
-    spread = np.where(spread > 1e-12, spread, 1.0)
-    return spread if not sp.issparse(diff) else _SparseScale(spread)
+    return np.where(spread > 1e-12, spread, 1.0)
 
 
-class _SparseScale:
-    """Divides a sparse matrix's columns (``matrix / scale``) and a weight vector (``weights / scale``)."""
+def _scaled(features: Any, spread: np.ndarray) -> Any:
+    """``features`` with each column divided by its spread (sparse stays sparse)."""
+    import scipy.sparse as sp
 
-    def __init__(self, spread: np.ndarray) -> None:
-        self.spread = spread
-
-    def __rtruediv__(self, other: Any) -> Any:
-        import scipy.sparse as sp
-
-        if sp.issparse(other):
-            return other.multiply(1.0 / self.spread).tocsr()
-        return other / self.spread
+    if sp.issparse(features):
+        return sp.csr_matrix(features.multiply(1.0 / spread))
+    return features / spread
 
 
 @dataclass

@@ -320,3 +320,63 @@ def write_outputs(result: SACResult, out_dir: str | Path) -> dict[str, Path]:
     return {name: out_dir / f"{name}.jsonl" for name in ("cleaned", "audit")} | {
         "summary": out_dir / "summary.json"
     }
+
+
+def backend_source_judge(backend: Any) -> SourceJudge:
+    """A source judge on any scoring backend (a local model or an endpoint): the pair and the question as a
+    chat prompt, then P of each option letter (" A", " B", ...) from the backend's log-probabilities."""
+
+    def judge(pair: PreferencePair, question: str, options: Sequence[str]) -> list[float]:
+        letters = [chr(ord("A") + i) for i in range(len(options))]
+        content = (
+            f"Conversation:\n{pair.prompt.strip()[-2000:]}\n\nReply 1 (preferred by the annotator):\n"
+            f"{pair.chosen.strip()[:1500]}\n\nReply 2:\n{pair.rejected.strip()[:1500]}\n\n{question}\n"
+            f"Answer with one letter ({', '.join(letters)})."
+        )
+        prompt = [{"role": "user", "content": content}]
+        scored = backend.score([prompt] * len(letters), [f"Answer: {x}" for x in letters])
+        totals = np.array([s.total for s in scored])
+        weights = np.exp(totals - totals.max())
+        return list(weights / weights.sum())
+
+    return judge
+
+
+def clean_preferences(
+    data: str | Path,
+    out_dir: str | Path,
+    *,
+    members: Sequence[str] = (),
+    config: SACConfig | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    strict: bool = False,
+    source_judge_model: str | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    report: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """``selfevolve clean-prefs``: load DATA, score it with the committee, apply SAC, write ``OUT/cleaned.jsonl``,
+    ``OUT/audit.jsonl`` and ``OUT/summary.json``; the summary (with the paths) is returned."""
+    from selfevolve.refine.committee import DEFAULT_MEMBERS, build_member
+    from selfevolve.refine.preferences import load_pairs
+
+    data, out_dir = Path(data), Path(out_dir)
+    if data.resolve().is_relative_to(out_dir.resolve()):
+        raise SelfEvolveError(
+            f"--out {out_dir} holds the input {data}; the output folder is replaced, pick another"
+        )
+    loaded = load_pairs(data, strict=strict)
+    report(loaded.report())
+    model = None
+    specs = list(members) or list(DEFAULT_MEMBERS)
+    if "crossfit:lm" in specs or source_judge_model:
+        from selfevolve.runtime.loading import load_model
+        from selfevolve.runtime.registry import DEFAULT_MODEL
+
+        model = load_model(source_judge_model or DEFAULT_MODEL)
+    committee = [build_member(s, folds=folds, seed=seed, model=model, progress=progress) for s in specs]
+    judge = backend_source_judge(model) if source_judge_model else None
+    result = clean(loaded, committee, config, source_judge=judge, cache_dir=cache_dir, progress=progress)
+    paths = write_outputs(result, out_dir)
+    return {**result.summary(), **{name: str(path) for name, path in paths.items()}}
