@@ -94,6 +94,10 @@ def noise_rows(pairs, specs, args, config, embedder) -> list[dict]:
         ]
         name, best = max(singles, key=lambda item: item[1]["f1"])
         rows.append({**base, "method": f"best single ({name})", **best})
+        for confidence in args.sweep:  # SAC's one free threshold, for the precision / recall trade-off
+            swept = SACConfig(**{**config.__dict__, "mislabel_confidence": confidence})
+            flags = np.array([r.category == "mislabeled" for r in audit(scores, noisy, swept)])
+            rows.append({**base, "method": f"SAC (confidence {confidence:g})", **prf(flags, flips)})
         random_flags = np.zeros(len(noisy), dtype=bool)
         random_flags[
             np.random.default_rng(args.seed + 1).choice(len(noisy), int(sac.sum()), replace=False)
@@ -206,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--members", default=",".join(DEFAULT_MEMBERS), help="comma-separated member specs")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--noise", default="0.1,0.2", help="shares of labels flipped")
+    parser.add_argument("--sweep", default="0.5,0.55,0.65,0.7", help="other mislabel confidences to report")
     parser.add_argument("--repeats", type=int, default=3, help="noise seeds for the reward-model comparison")
     parser.add_argument("--limit", type=int, default=0, help="use only the first N pairs (0: all)")
     parser.add_argument("--dpo-train", type=int, default=128)
@@ -218,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="results")
     args = parser.parse_args(argv)
     args.noise = [float(x) for x in args.noise.split(",")]
+    args.sweep = [float(x) for x in args.sweep.split(",") if x]
     torch.set_num_threads(args.threads)
     began = time.perf_counter()
 

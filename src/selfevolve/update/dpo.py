@@ -49,7 +49,9 @@ def _truncated(model: LocalModel, pairs: Sequence[PreferencePair], settings: DPO
     tokenizer = model.tokenizer
     rows = []
     for pair in pairs:
-        prompt_ids = tokenizer(pair.prompt, add_special_tokens=False)["input_ids"][-settings.max_prompt_tokens :]
+        prompt_ids = tokenizer(pair.prompt, add_special_tokens=False)["input_ids"][
+            -settings.max_prompt_tokens :
+        ]
         cut = [
             tokenizer.decode(tokenizer(r, add_special_tokens=False)["input_ids"][: settings.max_reply_tokens])
             for r in (pair.chosen, pair.rejected)
@@ -59,10 +61,13 @@ def _truncated(model: LocalModel, pairs: Sequence[PreferencePair], settings: DPO
     return rows
 
 
-def train_dpo(model: LocalModel, pairs: Sequence[PreferencePair], settings: DPOSettings | None = None) -> tuple:
+def train_dpo(
+    model: LocalModel, pairs: Sequence[PreferencePair], settings: DPOSettings | None = None
+) -> tuple:
     """Train a copy of ``model`` with DPO on ``pairs``; returns (the trained LocalModel, its training losses).
     With LoRA the returned model's module is a PEFT model whose disabled adapter is the reference."""
     from datasets import Dataset
+    from transformers.trainer_callback import PrinterCallback
     from trl import DPOConfig, DPOTrainer
 
     settings = settings or DPOSettings()
@@ -111,6 +116,7 @@ def train_dpo(model: LocalModel, pairs: Sequence[PreferencePair], settings: DPOS
             processing_class=tokenizer,
             peft_config=peft_config,
         )
+        trainer.remove_callback(PrinterCallback)  # the losses are returned, not printed per step
         trainer.train()
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     trained = trainer.model.eval()
@@ -134,7 +140,9 @@ def _reply_logprobs(module, tokenizer, rows: Sequence[dict], key: str, batch_siz
             mask[i, : len(p) + len(c)] = 1
             target[i, len(p) : len(p) + len(c)] = True
         with torch.inference_mode():
-            logits = module(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()  # (B, T, V)
+            logits = module(
+                input_ids=ids.to(device), attention_mask=mask.to(device)
+            ).logits.float()  # (B, T, V)
         logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # (B, T-1, V): position t predicts token t+1
         picked = logprobs.gather(-1, ids[:, 1:].unsqueeze(-1).to(device)).squeeze(-1)  # (B, T-1)
         totals.append((picked * target[:, 1:].to(device)).sum(-1).cpu())  # (B,)
@@ -154,7 +162,9 @@ def implicit_reward_accuracy(
     if not rows:
         raise SelfEvolveError("no held-out pair with distinct replies to measure")
     module, tokenizer = policy.model, policy.tokenizer
-    margin = _reply_logprobs(module, tokenizer, rows, "chosen") - _reply_logprobs(module, tokenizer, rows, "rejected")
+    margin = _reply_logprobs(module, tokenizer, rows, "chosen") - _reply_logprobs(
+        module, tokenizer, rows, "rejected"
+    )
     if reference is not None:
         ref_module = reference.model
         ref = _reply_logprobs(ref_module, tokenizer, rows, "chosen") - _reply_logprobs(
