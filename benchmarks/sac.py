@@ -16,10 +16,11 @@ In one run:
    held-out pairs.
 
     selfevolve bench sac [--data PATH] [--members crossfit:minilm,crossfit:tfidf,crossfit:surface]
-        [--noise 0.1,0.2] [--repeats 3] [--dpo-train 128] [--dpo-test 128] [--no-dpo]
+        [--noise 0.1,0.2] [--repeats 3] [--dpo-train 32] [--dpo-test 48] [--no-dpo]
 
-Sized for a shared 2-core CPU with one torch thread: about 5 min for the embeddings (cached in
-``--out/sac_cache``), under a minute for the cleaning experiments, about 10 min for DPO.
+Sized for a shared 2-core CPU with one torch thread (about 20 min under contention): about 5 min for the
+embeddings (cached in ``--out/sac_cache``), a few minutes for the cleaning experiments, about 10 min for three
+small DPO runs. On a GPU raise ``--dpo-train`` / ``--dpo-test`` and the token budgets.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from selfevolve.refine.committee import (
     CrossFitRewardModel,
     SentenceEmbedder,
     build_member,
+    fit_linear_head,
+    fit_mlp_head,
     score_committee,
 )
 from selfevolve.refine.preferences import load_pairs
@@ -106,16 +109,16 @@ def noise_rows(pairs, specs, args, config, embedder) -> list[dict]:
     return rows
 
 
-def reward_model_accuracy(train: list[PreferencePair], test: list[PreferencePair], embedder) -> float:
-    """Held-out accuracy of a Bradley-Terry head on MiniLM features trained on ``train``."""
-    from selfevolve.refine.committee import _column_spread, _scaled, fit_bradley_terry
-
+def reward_model_accuracy(
+    train: list[PreferencePair], test: list[PreferencePair], embedder, head: str
+) -> float:
+    """Held-out accuracy of a Bradley-Terry head (linear or MLP) on MiniLM features trained on ``train``."""
     model = CrossFitRewardModel(embedder)
     chosen, rejected = model.features(train)
-    spread = _column_spread(chosen - rejected)
-    weights = fit_bradley_terry(_scaled(chosen, spread), _scaled(rejected, spread)) / spread
+    fit = fit_mlp_head if head == "mlp" else fit_linear_head
+    reward = fit(chosen, rejected, seed=0)
     test_chosen, test_rejected = model.features(test)
-    return float(((test_chosen - test_rejected) @ weights > 0).mean())
+    return float((reward(test_chosen) > reward(test_rejected)).mean())
 
 
 def cleaned(noisy: list[PreferencePair], specs, args, config, embedder, policy: str) -> list[PreferencePair]:
@@ -133,7 +136,8 @@ def split(pairs: list[PreferencePair], seed: int) -> tuple[list[PreferencePair],
 def downstream_rows(pairs, specs, args, config, embedder) -> tuple[list[dict], dict]:
     """Reward-model accuracy on untouched held-out pairs after training on original / noisy / cleaned data."""
     train, test = split(pairs, args.seed)
-    results: dict[str, list[float]] = {"original": [], "noisy 20%": [], "SAC flip": [], "SAC remove": []}
+    names = ("original", "noisy 20%", "SAC flip", "SAC remove")
+    results: dict[tuple[str, str], list[float]] = {(h, n): [] for h in ("linear", "mlp") for n in names}
     sets = {}
     for repeat in range(args.repeats):
         noisy, _ = flipped_copy(train, 0.2, args.seed + repeat)
@@ -145,15 +149,16 @@ def downstream_rows(pairs, specs, args, config, embedder) -> tuple[list[dict], d
         }
         if repeat == 0:
             sets = variants
-        for name, data in variants.items():
-            results[name].append(reward_model_accuracy(data, test, embedder))
+        for (head, name), accs in results.items():
+            accs.append(reward_model_accuracy(variants[name], test, embedder, head))
     rows = []
-    gap = np.mean(results["original"]) - np.mean(results["noisy 20%"])
-    for name, accs in results.items():
-        closed = (np.mean(accs) - np.mean(results["noisy 20%"])) / gap if gap > 0 else float("nan")
+    for (head, name), accs in results.items():
+        noisy_acc = np.mean(results[(head, "noisy 20%")])
+        gap = np.mean(results[(head, "original")]) - noisy_acc
+        closed = (np.mean(accs) - noisy_acc) / gap if gap > 0 else float("nan")
         rows.append(
             {
-                "model": "reward model (MiniLM BT head)",
+                "model": f"reward model (MiniLM, {head} BT head)",
                 "train": name,
                 "pairs": len(sets[name]),
                 "accuracy": float(np.mean(accs)),
@@ -213,8 +218,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sweep", default="0.5,0.55,0.65,0.7", help="other mislabel confidences to report")
     parser.add_argument("--repeats", type=int, default=3, help="noise seeds for the reward-model comparison")
     parser.add_argument("--limit", type=int, default=0, help="use only the first N pairs (0: all)")
-    parser.add_argument("--dpo-train", type=int, default=128)
-    parser.add_argument("--dpo-test", type=int, default=128)
+    parser.add_argument(
+        "--dpo-train", type=int, default=32, help="DPO training pairs (37 s/step of 4 on a busy CPU)"
+    )
+    parser.add_argument(
+        "--dpo-test", type=int, default=48, help="held-out pairs for implicit-reward accuracy"
+    )
+    parser.add_argument("--dpo-prompt-tokens", type=int, default=48)
+    parser.add_argument("--dpo-reply-tokens", type=int, default=32)
     parser.add_argument("--dpo-lr", type=float, default=2e-4)
     parser.add_argument("--dpo-model", default="smollm2-135m-instruct")
     parser.add_argument("--no-dpo", action="store_true")

@@ -28,7 +28,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -278,6 +278,51 @@ def fit_bradley_terry(chosen: Any, rejected: Any, *, l2: float = 1.0) -> np.ndar
     return model.coef_[0]
 
 
+def fit_linear_head(
+    chosen: Any, rejected: Any, *, l2: float = 1.0, seed: int = 0
+) -> Callable[[Any], np.ndarray]:
+    """A linear Bradley-Terry reward fitted on features scaled to unit spread; returns features -> (n,) rewards."""
+    spread = _column_spread(chosen - rejected)
+    weights = fit_bradley_terry(_scaled(chosen, spread), _scaled(rejected, spread), l2=l2) / spread  # (D,)
+    return lambda features: np.asarray(features @ weights).ravel()
+
+
+def fit_mlp_head(
+    chosen: Any, rejected: Any, *, l2: float = 1.0, seed: int = 0, hidden: int = 64, epochs: int = 100
+) -> Callable[[Any], np.ndarray]:
+    """A one-hidden-layer reward r(x) trained full-batch with the Bradley-Terry loss
+    -log sigmoid(r(c) - r(r)) (AdamW, weight decay ``l2 / 100``); returns features -> (n,) rewards."""
+    import torch
+
+    chosen, rejected = np.asarray(chosen, dtype=np.float32), np.asarray(rejected, dtype=np.float32)
+    both = np.vstack([chosen, rejected])
+    mean, spread = both.mean(0), both.std(0) + 1e-6  # (D,), (D,)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(
+            torch.nn.Linear(chosen.shape[1], hidden),
+            torch.nn.ReLU(),
+            torch.nn.Dropout(0.2),
+            torch.nn.Linear(hidden, 1),
+        )
+        optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=l2 / 100)
+        c = torch.from_numpy((chosen - mean) / spread)  # (n, D)
+        r = torch.from_numpy((rejected - mean) / spread)  # (n, D)
+        for _ in range(epochs):
+            optimizer.zero_grad()
+            loss = -torch.nn.functional.logsigmoid(net(c) - net(r)).mean()
+            loss.backward()
+            optimizer.step()
+    net.eval()
+
+    def reward(features: Any) -> np.ndarray:
+        x = torch.from_numpy((np.asarray(features, dtype=np.float32) - mean) / spread)  # (m, D)
+        with torch.no_grad():
+            return net(x).squeeze(-1).double().numpy()  # (m,)
+
+    return reward
+
+
 @dataclass(frozen=True)
 class FoldRecord:
     """One cross-fitting fold: the pair positions its head was trained on and the ones it scored."""
@@ -296,6 +341,7 @@ class CrossFitRewardModel:
     folds: int = 5
     seed: int = 0
     l2: float = 1.0  # L2 penalty of the head (features are scaled to unit spread first)
+    head: Literal["linear", "mlp"] = "linear"  # mlp: one hidden layer of 64 (dense features only)
     name: str = ""
     trace: list[FoldRecord] = field(default_factory=list, repr=False)
 
@@ -305,7 +351,7 @@ class CrossFitRewardModel:
         self.name = self.name or f"crossfit-{self.featurizer.name}"
 
     def cache_key(self) -> str:
-        return f"{self.name}|{self.featurizer.name}|{self.folds}|{self.seed}|{self.l2}"
+        return f"{self.name}|{self.featurizer.name}|{self.folds}|{self.seed}|{self.l2}|{self.head}"
 
     def features(self, pairs: Sequence[PreferencePair]) -> tuple[Any, Any]:
         """(chosen features, rejected features), each (N, D)."""
@@ -340,19 +386,9 @@ class CrossFitRewardModel:
             trained_on = np.flatnonzero(fold_of != k)
             if np.intersect1d(scored, trained_on).size:  # the one property the audit rests on
                 raise RuntimeError(f"{self.name}: fold {k} would score pairs its head was trained on")
-            diff = chosen[trained_on] - rejected[trained_on]
-            spread = _column_spread(diff)
-            weights = fit_bradley_terry(
-                chosen[trained_on] / spread, rejected[trained_on] / spread, l2=self.l2
-            )
-            weights = weights / spread  # (D,): the head on unscaled features
-            fold_rewards = np.stack(
-                [
-                    np.asarray(chosen[scored] @ weights).ravel(),
-                    np.asarray(rejected[scored] @ weights).ravel(),
-                ],
-                axis=1,
-            )  # (n_k, 2)
+            fit = fit_mlp_head if self.head == "mlp" else fit_linear_head
+            reward = fit(chosen[trained_on], rejected[trained_on], l2=self.l2, seed=self.seed + k)
+            fold_rewards = np.stack([reward(chosen[scored]), reward(rejected[scored])], axis=1)  # (n_k, 2)
             prob = _sigmoid(fold_rewards[:, 0] - fold_rewards[:, 1])
             rewards[scored] = _standardize(fold_rewards)
             self.trace.append(FoldRecord(k, trained_on, scored))
@@ -534,7 +570,8 @@ def build_member(spec: str, *, folds: int = 5, seed: int = 0, model: Any = None,
             raise SelfEvolveError(
                 f"unknown cross-fitted member {spec!r}; use crossfit:{'|'.join([*FEATURIZERS, 'lm'])}"
             )
-        return CrossFitRewardModel(featurizer, folds=folds, seed=seed, name=f"crossfit-{rest}")
+        head = "linear" if rest == "tfidf" else "mlp"  # tfidf is sparse and wide: a linear head
+        return CrossFitRewardModel(featurizer, folds=folds, seed=seed, head=head, name=f"crossfit-{rest}")
     if kind == "judge":
         from selfevolve.judges.pairwise import load_judge  # the judge layer, below refine/
 
