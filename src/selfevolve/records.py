@@ -67,6 +67,17 @@ class Problem:
     test: str
 
 
+@dataclass
+class ItemSet:
+    """One line of a judge-consistency JSONL: the criterion, the items to compare, optional gold scores (one
+    number per item, higher is better) and an id."""
+
+    question: str
+    items: list[str]
+    gold: list[float] | None = None
+    id: str = ""
+
+
 @dataclass(frozen=True)
 class PreferencePair:
     """One human preference: ``chosen`` was preferred to ``rejected`` as the reply to ``prompt``.
