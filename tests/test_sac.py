@@ -403,3 +403,17 @@ def test_the_sac_loop_step_flips_and_records_its_audit(tmp_path):
             ("q0", "a long helpful reply", "no"),
             ("q1", "a long helpful reply", "no"),
         ]
+
+
+def first_is_better(question: str, a: str, b: str, *, negated: bool = False) -> float:
+    """A judge with a pure position bias: 0.9 for whichever reply comes first."""
+    return 0.9
+
+
+def test_a_pairwise_judge_spec_becomes_a_member_whose_position_bias_cancels(tmp_path):
+    member = build_member("judge:tests.test_sac:first_is_better")
+    assert isinstance(member, JudgeMember)
+    pairs = pairs_of(3)
+    scores = score_committee([member], pairs, cache_dir=tmp_path)
+    assert scores.probs[:, 0].tolist() == pytest.approx([0.5, 0.5, 0.5])  # (0.9 + 1 - 0.9) / 2
+    assert len(list(tmp_path.glob("judge-tests.test_sac_first_is_better-*.json"))) == 1

@@ -633,7 +633,8 @@ def score_committee(
 
         iterator = tqdm(iterator, desc="committee", unit="member")
     for k, member in iterator:
-        path = Path(cache_dir) / f"{member.name}-{_digest(member, pairs)}.json" if cache_dir else None
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", member.name)[:80]  # a URL or a path as a file name
+        path = Path(cache_dir) / f"{safe}-{_digest(member, pairs)}.json" if cache_dir else None
         if path is not None and path.is_file():
             stored = json.loads(path.read_text(encoding="utf-8"))
             rewards_k = None if stored["rewards"] is None else np.asarray(stored["rewards"], dtype=float)
