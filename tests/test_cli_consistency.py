@@ -184,7 +184,9 @@ def test_user_errors_are_one_line_without_traceback(workdir):
         done = selfevolve(*args, cwd=workdir)
         assert done.returncode == 2, (args, done.stderr)
         assert needle in done.stderr and "Traceback" not in done.stderr, done.stderr
-        lines = [line for line in done.stderr.splitlines() if line.strip() and "judge consistency:" not in line]
+        lines = [
+            line for line in done.stderr.splitlines() if line.strip() and "judge consistency:" not in line
+        ]
         assert len(lines) == 1, done.stderr  # the one error line (besides the progress bar)
     done = selfevolve(small, "--judge", "consistency_judges:total_order", "--k", "3", cwd=workdir)
     assert done.returncode == 0 and "s_tran(3)" in done.stdout, done.stderr

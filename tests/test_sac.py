@@ -417,3 +417,40 @@ def test_a_pairwise_judge_spec_becomes_a_member_whose_position_bias_cancels(tmp_
     scores = score_committee([member], pairs, cache_dir=tmp_path)
     assert scores.probs[:, 0].tolist() == pytest.approx([0.5, 0.5, 0.5])  # (0.9 + 1 - 0.9) / 2
     assert len(list(tmp_path.glob("judge-tests.test_sac_first_is_better-*.json"))) == 1
+
+
+def test_lm_hidden_state_features_feed_a_cross_fitted_member(tiny_llama):
+    from selfevolve.refine.committee import HiddenStateFeaturizer
+
+    featurizer = HiddenStateFeaturizer(tiny_llama, max_tokens=32)
+    features = featurizer(["\n\nHuman: hi\n\nAssistant:"] * 2, [" hello there", " go away"])
+    assert features.shape == (2, tiny_llama.model.config.hidden_size)
+    assert not np.allclose(features[0], features[1])
+    member = build_member("crossfit:lm", folds=2, model=tiny_llama)
+    result = member.score(pairs_of(4))
+    assert result.prob.shape == (4,) and np.isfinite(result.prob).all()
+
+
+def test_the_sac_loop_step_reads_a_file_and_stores_the_cleaned_pairs(tmp_path):
+    from selfevolve.loop import STEPS
+    from selfevolve.loop.state import LoopState
+    from selfevolve.loop.steps.refine import PREFERENCE, SAC_AUDIT
+    from selfevolve.store import ExperienceStore
+
+    data = tmp_path / "prefs.jsonl"
+    records = [{"prompt": "q0", "chosen": "a long helpful reply", "rejected": "no"}]
+    records.append({"prompt": "q1", "chosen": "no", "rejected": "a long helpful reply"})
+    data.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    with pytest.raises(SelfEvolveError, match="does not exist"):
+        STEPS["sac"](data=str(tmp_path / "missing.jsonl"))
+    with ExperienceStore(tmp_path / "store.sqlite") as store:
+        run = store.start_run("unit")
+        state = LoopState(None, 1, store, run, tmp_path, seed=0)
+        result = STEPS["sac"](data=str(data), members=("tests.test_sac:length_reward",), policy="remove").run(
+            state
+        )
+        assert result.decisions == []  # nothing stored to decide on: the file is the provenance
+        audits = [e for e in result.experiences if e.task == SAC_AUDIT]
+        assert [(e.metadata["index"], e.metadata["action"]) for e in audits] == [(0, "keep"), (1, "remove")]
+        kept = [e for e in result.experiences if e.task == PREFERENCE]
+        assert [(e.prompt, e.response) for e in kept] == [("q0", "a long helpful reply")]
