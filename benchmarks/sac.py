@@ -121,10 +121,19 @@ def reward_model_accuracy(
     return float((reward(test_chosen) > reward(test_rejected)).mean())
 
 
-def cleaned(noisy: list[PreferencePair], specs, args, config, embedder, policy: str) -> list[PreferencePair]:
+def cleaned(noisy: list[PreferencePair], specs, args, config, embedder) -> dict[str, list[PreferencePair]]:
+    """The noisy set cleaned by SAC (flip and remove policies) and by removing cleanlab's flags, all from one
+    committee scoring."""
     scores = score_committee(committee(specs, args.folds, args.seed, embedder), noisy)
-    rows = audit(scores, noisy, SACConfig(**{**config.__dict__, "policy": policy}))
-    return [p.flipped() if r.action == "flip" else p for p, r in zip(noisy, rows) if r.action != "remove"]
+    out = {}
+    for policy in ("flip", "remove"):
+        rows = audit(scores, noisy, SACConfig(**{**config.__dict__, "policy": policy}))
+        out[f"SAC {policy}"] = [
+            p.flipped() if r.action == "flip" else p for p, r in zip(noisy, rows) if r.action != "remove"
+        ]
+    flags = cleanlab_flags(scores.oof_mean(), seed=args.seed)
+    out["cleanlab remove"] = [p for p, flagged in zip(noisy, flags) if not flagged]
+    return out
 
 
 def split(pairs: list[PreferencePair], seed: int) -> tuple[list[PreferencePair], list[PreferencePair]]:
@@ -136,17 +145,12 @@ def split(pairs: list[PreferencePair], seed: int) -> tuple[list[PreferencePair],
 def downstream_rows(pairs, specs, args, config, embedder) -> tuple[list[dict], dict]:
     """Reward-model accuracy on untouched held-out pairs after training on original / noisy / cleaned data."""
     train, test = split(pairs, args.seed)
-    names = ("original", "noisy 20%", "SAC flip", "SAC remove")
+    names = ("original", "noisy 20%", "SAC flip", "SAC remove", "cleanlab remove")
     results: dict[tuple[str, str], list[float]] = {(h, n): [] for h in ("linear", "mlp") for n in names}
     sets = {}
     for repeat in range(args.repeats):
         noisy, _ = flipped_copy(train, 0.2, args.seed + repeat)
-        variants = {
-            "original": train,
-            "noisy 20%": noisy,
-            "SAC flip": cleaned(noisy, specs, args, config, embedder, "flip"),
-            "SAC remove": cleaned(noisy, specs, args, config, embedder, "remove"),
-        }
+        variants = {"original": train, "noisy 20%": noisy, **cleaned(noisy, specs, args, config, embedder)}
         if repeat == 0:
             sets = variants
         for (head, name), accs in results.items():
@@ -163,7 +167,7 @@ def downstream_rows(pairs, specs, args, config, embedder) -> tuple[list[dict], d
                 "pairs": len(sets[name]),
                 "accuracy": float(np.mean(accs)),
                 "std": float(np.std(accs)),
-                "gap_closed": closed if name.startswith("SAC") else None,
+                "gap_closed": closed if name not in ("original", "noisy 20%") else None,
             }
         )
     return rows, {"train": train, "test": test, "sets": sets}
@@ -182,7 +186,7 @@ def dpo_rows(split_sets: dict, args) -> list[dict]:
     test = split_sets["test"][: args.dpo_test]
     rows, accuracies = [], {}
     for name, data in split_sets["sets"].items():
-        if name == "SAC remove":
+        if name not in ("original", "noisy 20%", "SAC flip"):
             continue
         subset = [p for p in data if p.index in train_indices]
         began = time.perf_counter()

@@ -552,10 +552,19 @@ def _callable(spec: str) -> Callable:
         ) from None
 
 
-def build_member(spec: str, *, folds: int = 5, seed: int = 0, model: Any = None, progress: bool = False):
+def build_member(
+    spec: str,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    model: Any = None,
+    progress: bool = False,
+    cache_dir: str | Path | None = None,
+):
     """A member from its spec: ``crossfit:minilm|tfidf|surface|lm``, ``judge:SPEC`` (a pairwise judge:
     registry model, folder, URL or module:function), ``rm:FOLDER`` (a sequence-classification folder), or
-    ``module:function`` (a reward function (prompt, reply) -> float)."""
+    ``module:function`` (a reward function (prompt, reply) -> float). With ``cache_dir`` the MiniLM
+    embeddings persist there."""
     kind, _, rest = spec.partition(":")
     if kind == "crossfit":
         if rest == "lm":
@@ -564,8 +573,10 @@ def build_member(spec: str, *, folds: int = 5, seed: int = 0, model: Any = None,
             featurizer: Featurizer = HiddenStateFeaturizer(model, progress=progress)
         elif rest in FEATURIZERS:
             featurizer = FEATURIZERS[rest]()
-            if hasattr(featurizer, "progress"):
+            if isinstance(featurizer, SentenceEmbedder):
                 featurizer.progress = progress
+                if cache_dir is not None:  # the embeddings are kept between runs beside the scores
+                    featurizer.cache_file = Path(cache_dir) / f"{rest}-embeddings.npz"
         else:
             raise SelfEvolveError(
                 f"unknown cross-fitted member {spec!r}; use crossfit:{'|'.join([*FEATURIZERS, 'lm'])}"

@@ -375,7 +375,10 @@ def clean_preferences(
         from selfevolve.runtime.registry import DEFAULT_MODEL
 
         model = load_model(source_judge_model or DEFAULT_MODEL)
-    committee = [build_member(s, folds=folds, seed=seed, model=model, progress=progress) for s in specs]
+    committee = [
+        build_member(s, folds=folds, seed=seed, model=model, progress=progress, cache_dir=cache_dir)
+        for s in specs
+    ]
     judge = backend_source_judge(model) if source_judge_model else None
     result = clean(loaded, committee, config, source_judge=judge, cache_dir=cache_dir, progress=progress)
     paths = write_outputs(result, out_dir)
