@@ -454,3 +454,26 @@ def test_the_sac_loop_step_reads_a_file_and_stores_the_cleaned_pairs(tmp_path):
         assert [(e.metadata["index"], e.metadata["action"]) for e in audits] == [(0, "keep"), (1, "remove")]
         kept = [e for e in result.experiences if e.task == PREFERENCE]
         assert [(e.prompt, e.response) for e in kept] == [("q0", "a long helpful reply")]
+
+
+def test_a_source_judge_sorts_the_residual_sources_with_its_evidence(tiny_llama):
+    from selfevolve.refine.sac import RESIDUAL_OPTIONS, RESIDUAL_QUESTION, backend_source_judge
+
+    judge = backend_source_judge(tiny_llama)
+    pair = PreferencePair("\n\nHuman: hi\n\nAssistant:", " hello", " bye", 0)
+    probs = judge(pair, RESIDUAL_QUESTION, RESIDUAL_OPTIONS)
+    assert len(probs) == 3 and sum(probs) == pytest.approx(1.0)
+
+    def criteria(pair, question, options):  # a scripted judge: always the second option
+        return [0.1, 0.8, 0.1][: len(options)]
+
+    scores = score_committee(committee(), pairs_of(5))
+    rows = audit(scores, pairs_of(5), SACConfig(bad_quantile=0.25), source_judge=criteria)
+    assert rows[1].category == "different_criteria"  # the low-agreement pair, by the judge this time
+    assert rows[1].evidence["judge"] == {
+        "subjective": 0.1,
+        "different_criteria": 0.8,
+        "different_thresholds": 0.1,
+    }
+    assert rows[3].category == "both_wrong"  # both bad; the judge's second option is "both wrong"
+    assert rows[2].category == "mislabeled"  # measurable evidence decides before any judge
