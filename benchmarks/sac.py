@@ -180,7 +180,10 @@ def dpo_rows(split_sets: dict, args) -> list[dict]:
 
     base = load_model(args.dpo_model)
     settings = DPOSettings(
-        learning_rate=args.dpo_lr, max_prompt_tokens=96, max_reply_tokens=64, seed=args.seed
+        learning_rate=args.dpo_lr,
+        max_prompt_tokens=args.dpo_prompt_tokens,
+        max_reply_tokens=args.dpo_reply_tokens,
+        seed=args.seed,
     )
     train_indices = {p.index for p in split_sets["train"][: args.dpo_train]}
     test = split_sets["test"][: args.dpo_test]
@@ -230,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--dpo-prompt-tokens", type=int, default=48)
     parser.add_argument("--dpo-reply-tokens", type=int, default=32)
-    parser.add_argument("--dpo-lr", type=float, default=2e-4)
+    parser.add_argument("--dpo-lr", type=float, default=1e-3)
     parser.add_argument("--dpo-model", default="smollm2-135m-instruct")
     parser.add_argument("--no-dpo", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
