@@ -1,5 +1,5 @@
 """The record types the phases share: documents and questions, synthesized experiences, code problems,
-samples and labelled candidates: plain dataclasses with no behaviour, below every phase."""
+samples, labelled candidates and preference pairs: plain dataclasses with no behaviour, below every phase."""
 
 from __future__ import annotations
 
@@ -76,3 +76,20 @@ class ItemSet:
     items: list[str]
     gold: list[float] | None = None
     id: str = ""
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One human preference: ``chosen`` was preferred to ``rejected`` as the reply to ``prompt``.
+
+    ``index`` is the pair's 0-based line (or row) in the file or dataset it came from, -1 when made in code.
+    """
+
+    prompt: str
+    chosen: str
+    rejected: str
+    index: int = -1
+
+    def flipped(self) -> PreferencePair:
+        """The same pair with the label reversed."""
+        return PreferencePair(self.prompt, self.rejected, self.chosen, self.index)

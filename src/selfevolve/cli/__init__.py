@@ -13,6 +13,7 @@ from selfevolve import __version__
 from selfevolve.cli import (
     acr,
     bench,
+    clean_prefs,
     demo,
     doctor,
     eval_qa,
@@ -47,6 +48,7 @@ COMMANDS = (
     (inject.main, "inject"),
     (eval_qa.main, "eval-qa"),
     (judge_code.main, "judge-code"),
+    (clean_prefs.main, "clean-prefs"),
     (judge_consistency.main, "judge-consistency"),
     (exec_.main, "exec"),
     (trace.main, "trace"),

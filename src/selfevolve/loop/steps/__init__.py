@@ -20,7 +20,12 @@ from selfevolve.loop.steps.evaluate import (
     RepairFixRate,
     Retention,
 )
-from selfevolve.loop.steps.refine import CodeJudgeFilter, ExecutionFilter, GroundingFilter
+from selfevolve.loop.steps.refine import (
+    CodeJudgeFilter,
+    ExecutionFilter,
+    GroundingFilter,
+    SourceAwareCleaning,
+)
 from selfevolve.loop.steps.update import SFT, RepairSFT, SelfParam
 
 STEPS: dict[str, type] = {
@@ -32,6 +37,7 @@ STEPS: dict[str, type] = {
     "grounding_filter": GroundingFilter,
     "execution_filter": ExecutionFilter,
     "codejudge_filter": CodeJudgeFilter,
+    "sac": SourceAwareCleaning,
     "selfparam": SelfParam,
     "sft": SFT,
     "repair_sft": RepairSFT,

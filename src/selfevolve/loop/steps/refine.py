@@ -152,3 +152,105 @@ class CodeJudgeFilter:
                 "invalid": sum(not r.valid for r in results),
             },
         )
+
+
+PREFERENCE = (
+    "preference"  # an experience holding a pair: prompt, response = the chosen reply, metadata rejected
+)
+SAC_AUDIT = "sac-audit"
+
+
+@dataclass
+class SourceAwareCleaning:
+    """Audit preference pairs with a committee and clean them by source (SAC,
+    https://arxiv.org/abs/2410.01957v1): confident mis-labels flipped (or removed), both-bad pairs dropped.
+
+    The pairs are this iteration's kept ``preference`` experiences or, with ``data``, a JSONL file (stored
+    here as ``preference`` experiences). Every audit row is stored as a ``sac-audit`` refine experience whose
+    parent is its pair; a flipped pair is dropped and stored again flipped, so later steps see the cleaned set.
+    """
+
+    PHASE: ClassVar[str] = "refine"
+    METRICS: ClassVar[tuple[str, ...]] = ()
+
+    data: str = ""  # a preference JSONL (prompt/chosen/rejected or HH dialogues); "": stored preferences
+    members: tuple[str, ...] = ("crossfit:minilm", "crossfit:tfidf", "crossfit:surface")
+    folds: int = 5
+    policy: Literal["flip", "remove"] = "flip"
+    high_agreement: float = 0.75
+    no_agreement: float = 0.0
+    mislabel_confidence: float = 0.6
+
+    def __post_init__(self) -> None:
+        from selfevolve.loop.state import existing_path
+
+        self.data = existing_path(self.data, "sac data", "pass an existing preference JSONL")
+
+    def run(self, state: LoopState) -> StepResult:
+        from selfevolve.records import PreferencePair
+        from selfevolve.refine.committee import build_member
+        from selfevolve.refine.preferences import LoadedPairs, load_pairs
+        from selfevolve.refine.sac import SACConfig, clean
+
+        if self.data:
+            loaded = load_pairs(self.data)
+            stored: list[Experience | None] = [None] * len(loaded.pairs)  # the file is the provenance
+        else:
+            stored = list(state.kept(PREFERENCE))
+            pairs = [
+                PreferencePair(e.prompt, e.response, e.metadata["rejected"], k) for k, e in enumerate(stored)
+            ]
+            loaded = LoadedPairs("store", "pairs", pairs, [{} for _ in pairs])
+        if not stored:
+            raise SelfEvolveError("sac found no preference pairs; set data: or add a step that acquires them")
+        config = SACConfig(
+            high_agreement=self.high_agreement,
+            no_agreement=self.no_agreement,
+            mislabel_confidence=self.mislabel_confidence,
+            policy=self.policy,
+        )
+        committee = [
+            build_member(s, folds=self.folds, seed=state.seed, model=state.model) for s in self.members
+        ]
+        result = clean(loaded, committee, config)
+        experiences, decisions = [], []
+        parent = None
+        for experience, pair, row in zip(stored, loaded.pairs, result.rows):
+            parent = experience.id if experience is not None else None
+            experiences.append(
+                Experience(
+                    run_id="",
+                    task=SAC_AUDIT,
+                    prompt=pair.prompt,
+                    response=row.action,
+                    phase="refine",
+                    feedback={"evidence": row.evidence, "scores": row.scores},
+                    score=float(row.votes),
+                    method="sac",
+                    metadata={
+                        k: getattr(row, k)
+                        for k in ("index", "votes", "members", "bucket", "margin", "category", "action")
+                    },
+                    parent_id=parent,
+                )
+            )
+            if experience is None:
+                experiences[-1].metadata.update(chosen=pair.chosen, rejected=pair.rejected)
+            if row.action == "flip" or (experience is None and row.action == "keep"):
+                flip = row.action == "flip"
+                experiences.append(
+                    Experience(
+                        "",
+                        PREFERENCE,
+                        pair.prompt,
+                        pair.rejected if flip else pair.chosen,
+                        "refine",
+                        method="sac",
+                        metadata={"rejected": pair.chosen if flip else pair.rejected, "flipped": flip},
+                        parent_id=parent,
+                    )
+                )
+            if experience is not None:
+                reason = f"{row.bucket} agreement" + (f", {row.category}" if row.category else "")
+                decisions.append(Decision(experience.id, row.action == "keep", f"{reason}: {row.action}"))
+        return StepResult(experiences=experiences, decisions=decisions, summary=result.summary())
