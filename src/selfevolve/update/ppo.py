@@ -266,13 +266,19 @@ class Policy:
         return lora + list(self.value_head.parameters())
 
 
-def lora_config(rank: int, alpha: int, targets: str, dropout: float = 0.0):
-    """A peft LoraConfig for a causal LM (``targets``: "all-linear" or comma-separated module names)."""
+def lora_config(rank: int, alpha: int, targets: str, layers: Sequence[int] | None = None):
+    """A peft LoraConfig for a causal LM (``targets``: "all-linear" or comma-separated module names; ``layers``:
+    the decoder layers that get adapters, None for all)."""
     from peft import LoraConfig
 
     modules = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
     return LoraConfig(
-        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=modules, task_type="CAUSAL_LM"
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        target_modules=modules,
+        layers_to_transform=list(layers) if layers is not None else None,
+        task_type="CAUSAL_LM",
     )
 
 

@@ -66,6 +66,7 @@ class RLConfig:
     lora_rank: int = 16
     lora_alpha: int = 32
     lora_targets: str = "all-linear"
+    lora_layers: int = 0  # adapters on the top N decoder layers only (cheaper backward); 0: every layer
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     save_every: int = 1  # checkpoint every N iterations (and always at the end)
     merge: bool = False  # also write every adapter merged into a plain model folder
@@ -76,6 +77,8 @@ class RLConfig:
     def __post_init__(self) -> None:
         if self.method not in ("ppo", "cory"):
             raise SelfEvolveError(f"method must be ppo or cory, got {self.method!r}")
+        if self.lora_layers < 0:
+            raise SelfEvolveError(f"lora_layers must not be negative, got {self.lora_layers}; 0 adapts every layer")
         for name in ("queries", "iterations", "batch_size", "max_new_tokens", "lora_rank", "save_every"):
             if getattr(self, name) < 1:
                 raise SelfEvolveError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -283,7 +286,9 @@ def run_rl(
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=model.device.type == "cpu")
     if accelerator.num_processes > 1:
         raise SelfEvolveError("RL fine-tuning runs as one process; start it without accelerate launch")
-    lora = lora_config(config.lora_rank, config.lora_alpha, config.lora_targets)
+    depth = model.model.config.get_text_config().num_hidden_layers
+    layers = range(max(depth - config.lora_layers, 0), depth) if config.lora_layers else None
+    lora = lora_config(config.lora_rank, config.lora_alpha, config.lora_targets, layers)
     module, policies = add_policies(model, config.adapters, lora, config.ppo.learning_rate, config.seed)
     for policy in policies.values():
         policy.optimizer = accelerator.prepare(policy.optimizer)
