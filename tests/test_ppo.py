@@ -230,7 +230,11 @@ def test_role_exchange_keeps_each_adapters_adam_moments():
 
 def test_roles_swap_every_t_iterations_in_a_run(tmp_path):
     config = RLConfig(
-        iterations=3, batch_size=2, max_new_tokens=4, cory=CORYConfig(exchange_every=2), ppo=PPOConfig(epochs=1)
+        iterations=3,
+        batch_size=2,
+        max_new_tokens=4,
+        cory=CORYConfig(exchange_every=2),
+        ppo=PPOConfig(epochs=1),
     )
     result = run_rl(fresh_tiny(), config, tmp_path, task=letters_task(), progress=False)
     pioneers = [r["adapter"] for r in result.rows if r["agent"] == "pioneer"]
@@ -238,7 +242,12 @@ def test_roles_swap_every_t_iterations_in_a_run(tmp_path):
     assert json.loads((tmp_path / "roles.json").read_text()) == {"pioneer": "agent2", "observer": "agent1"}
     fixed = run_rl(
         fresh_tiny(),
-        RLConfig(iterations=3, batch_size=2, max_new_tokens=4, cory=CORYConfig(exchange_every=1, role_exchange=False)),
+        RLConfig(
+            iterations=3,
+            batch_size=2,
+            max_new_tokens=4,
+            cory=CORYConfig(exchange_every=1, role_exchange=False),
+        ),
         tmp_path / "fixed",
         task=letters_task(),
         progress=False,
@@ -250,7 +259,9 @@ def test_either_adapter_merges_into_a_plain_model(tmp_path):
     from selfevolve.runtime import load_model
 
     model = fresh_tiny()
-    config = RLConfig(iterations=1, batch_size=2, max_new_tokens=4, merge=True, ppo=PPOConfig(learning_rate=0.05))
+    config = RLConfig(
+        iterations=1, batch_size=2, max_new_tokens=4, merge=True, ppo=PPOConfig(learning_rate=0.05)
+    )
     result = run_rl(model, config, tmp_path, task=letters_task(), progress=False)
     ids = torch.tensor([[1, 40, 50, 60]])
     for name in ("agent1", "agent2"):
@@ -331,7 +342,9 @@ def test_prompt_longer_than_the_context_is_an_error(tmp_path):
     task = letters_task()
     task.queries = ["word " * 80] * 4
     config = RLConfig(method="ppo", iterations=1, batch_size=2, max_new_tokens=4, max_context=64)
-    with pytest.raises(SelfEvolveError, match="iteration 1, step ppo rollout: a prompt of .* exceeds the context of 64"):
+    with pytest.raises(
+        SelfEvolveError, match=r"iteration 1, step ppo rollout: a prompt of .* exceeds the context of 64"
+    ):
         run_rl(fresh_tiny(), config, tmp_path, task=task, progress=False)
 
 
@@ -365,3 +378,36 @@ def test_cli_rl_writes_metrics_and_resumes(tmp_path):
     assert lines[2]["reward"] != 9.0
     bad = CliRunner().invoke(app, [*args[:-2], "--set", "queries=0", "--iterations", "1"])
     assert bad.exit_code != 0
+
+
+# ----------------------------------------------------------------------------------------------- loop step
+
+
+def test_loop_steps_train_a_copy_and_merge_the_kept_adapter(tmp_path):
+    from selfevolve.loop import STEPS
+    from selfevolve.loop.state import LoopState
+
+    model = fresh_tiny()
+    ids = torch.tensor([[1, 40, 50, 60]])
+    with torch.no_grad():
+        before = model.model(input_ids=ids).logits
+    from selfevolve.config import load_config
+
+    rl = [
+        "rl.iterations=2", "rl.batch_size=2", "rl.max_new_tokens=4", "rl.queries=4",
+        "rl.reward=tests.test_ppo:letters_reward", "rl.ppo.learning_rate=0.05", "rl.ppo.epochs=1",
+    ]  # fmt: skip
+    step = load_config(STEPS["cory"], None, rl)
+    result = step.run(LoopState(model, 1, None, "run", tmp_path, seed=0))
+    with torch.no_grad():
+        after = result.model.model(input_ids=ids).logits
+        unchanged = model.model(input_ids=ids).logits
+    assert torch.equal(before, unchanged)  # the state's model is untouched
+    assert not torch.allclose(before, after, atol=1e-4)  # the step's model carries the trained pioneer
+    assert not hasattr(result.model.model, "peft_config")  # merged: a plain transformers model
+    assert result.summary["kept"] == "pioneer" and len(result.losses) == 2
+    assert (tmp_path / "rl" / "iteration-1" / "metrics.jsonl").is_file()
+    ppo = load_config(STEPS["ppo"], None, rl).run(LoopState(model, 1, None, "r", tmp_path / "p", seed=0))
+    assert len(ppo.losses) == 2
+    with pytest.raises(SelfEvolveError, match=r"rl\.method=cory"):
+        load_config(STEPS["cory"], None, ["rl.method=ppo"])

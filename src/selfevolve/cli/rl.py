@@ -19,7 +19,9 @@ def main(
     ),
     data: Path = typer.Option(None, "--data", help="gsm8k: JSONL with question/answer (train.jsonl)."),
     reward: str = typer.Option(
-        None, "--reward", help="module:function replacing the task reward: reward(query, response, reference)."
+        None,
+        "--reward",
+        help="module:function replacing the task reward: reward(query, response, reference).",
     ),
     merge: bool = typer.Option(False, "--merge", help="Also write each adapter merged into a model folder."),
     config: Path = typer.Option(None, "--config", "-c", help="YAML file with RLConfig values."),

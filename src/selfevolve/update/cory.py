@@ -19,7 +19,6 @@ from torch import nn
 
 from selfevolve.errors import SelfEvolveError
 from selfevolve.runtime.backend import Prompt
-from selfevolve.runtime.model import LocalModel
 from selfevolve.update.ppo import FixedKLController, Policy, PPOConfig, PPOStats, Rollout, ppo_update
 from selfevolve.update.rewards import RLTask, score_all
 
@@ -110,8 +109,12 @@ def cory_iteration(
     first, first_texts = sampler(pioneer, [task.prompt(q) for q in queries], f"{where}, step pioneer rollout")
     first_scores = score_all(task.reward, queries, first_texts, references, f"{where}, step pioneer reward")
     seen = observer_queries(task, queries, first_texts, config)
-    second, second_texts = sampler(observer, [task.prompt(q) for q in seen], f"{where}, step observer rollout")
-    second_scores = score_all(task.reward, queries, second_texts, references, f"{where}, step observer reward")
+    second, second_texts = sampler(
+        observer, [task.prompt(q) for q in seen], f"{where}, step observer rollout"
+    )
+    second_scores = score_all(
+        task.reward, queries, second_texts, references, f"{where}, step observer reward"
+    )
     collective = torch.tensor(first_scores, device=first.scores.device) + torch.tensor(
         second_scores, device=first.scores.device
     )  # (B,) r(q, a₁) + r(q, a₂)

@@ -272,6 +272,8 @@ def lora_config(rank: int, alpha: int, targets: str, layers: Sequence[int] | Non
     from peft import LoraConfig
 
     modules = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+    if layers is not None and modules == "all-linear":  # peft takes a layer subset only with module names
+        modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     return LoraConfig(
         r=rank,
         lora_alpha=alpha,
@@ -470,4 +472,3 @@ def ppo_update(
         score=float(rollout.scores.mean()),
         reward=float((rollout.scores - kl_coef * sequence_kl).mean()),
     )
-

@@ -114,7 +114,9 @@ def load_gsm8k(path: str | Path, count: int, seed: int = 0) -> tuple[list[str], 
     """(questions, final answers) of ``count`` random GSM8K problems from a JSONL file (question, answer)."""
     path = Path(path)
     if not path.is_file():
-        raise SelfEvolveError(f"GSM8K file {path} does not exist; pass --data with a train.jsonl or test.jsonl")
+        raise SelfEvolveError(
+            f"GSM8K file {path} does not exist; pass --data with a train.jsonl or test.jsonl"
+        )
     rows = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -145,9 +147,7 @@ def load_reward(spec: str) -> RewardFn:
     return target
 
 
-def load_task(
-    name: str, *, count: int = 512, data: str = "", reward: str = "", seed: int = 0
-) -> RLTask:
+def load_task(name: str, *, count: int = 512, data: str = "", reward: str = "", seed: int = 0) -> RLTask:
     """The task ``name`` (``sentiment`` or ``gsm8k``) with ``count`` queries; ``reward`` (module:function)
     replaces the task's own reward."""
     if name == "sentiment":
@@ -180,6 +180,8 @@ def score_all(
                 f"{where}: the reward function raised {type(err).__name__}: {err}; fix the reward"
             ) from err
         if not math.isfinite(value):
-            raise SelfEvolveError(f"{where}: the reward function returned {value}; it must return a finite number")
+            raise SelfEvolveError(
+                f"{where}: the reward function returned {value}; it must return a finite number"
+            )
         scores.append(value)
     return scores

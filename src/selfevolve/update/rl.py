@@ -26,8 +26,8 @@ from selfevolve.io import append_jsonl, publish_folder, read_jsonl, write_json, 
 from selfevolve.runtime.backend import Prompt
 from selfevolve.runtime.model import LocalModel
 from selfevolve.update.cory import (
-    CORYConfig,
     AgentStats,
+    CORYConfig,
     cory_iteration,
     exchange_roles,
     exchanges_after,
@@ -78,7 +78,9 @@ class RLConfig:
         if self.method not in ("ppo", "cory"):
             raise SelfEvolveError(f"method must be ppo or cory, got {self.method!r}")
         if self.lora_layers < 0:
-            raise SelfEvolveError(f"lora_layers must not be negative, got {self.lora_layers}; 0 adapts every layer")
+            raise SelfEvolveError(
+                f"lora_layers must not be negative, got {self.lora_layers}; 0 adapts every layer"
+            )
         for name in ("queries", "iterations", "batch_size", "max_new_tokens", "lora_rank", "save_every"):
             if getattr(self, name) < 1:
                 raise SelfEvolveError(f"{name} must be at least 1, got {getattr(self, name)}")

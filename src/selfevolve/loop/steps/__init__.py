@@ -15,7 +15,7 @@ from selfevolve.loop.steps.acquire import (
 )
 from selfevolve.loop.steps.evaluate import HeldoutQA, InjectedMemorization, RepairFixRate, Retention
 from selfevolve.loop.steps.refine import CodeJudgeFilter, ExecutionFilter, GroundingFilter
-from selfevolve.loop.steps.update import SFT, RepairSFT, SelfParam
+from selfevolve.loop.steps.update import CORY, PPO, SFT, RepairSFT, SelfParam
 
 STEPS: dict[str, type] = {
     "fictional_documents": FictionalDocuments,
@@ -29,6 +29,8 @@ STEPS: dict[str, type] = {
     "selfparam": SelfParam,
     "sft": SFT,
     "repair_sft": RepairSFT,
+    "ppo": PPO,
+    "cory": CORY,
     "heldout_qa": HeldoutQA,
     "retention": Retention,
     "repair_fix_rate": RepairFixRate,
