@@ -168,17 +168,20 @@ def test_rewards_and_tasks():
 def _learns(method: str, tmp_path) -> None:
     config = RLConfig(
         method=method,
-        iterations=24,
+        iterations=12,
         batch_size=16,
         max_new_tokens=8,
+        # a random tiny model's logits are too flat for LoRA inside the blocks to sharpen in a few steps; an
+        # adapter on the output layer can (measured: 0.09 -> 0.5 for PPO, 0.09 -> 0.48 / 0.06 -> 0.52 for CORY)
+        lora_targets="q_proj,v_proj,lm_head",
         ppo=PPOConfig(learning_rate=0.03, kl_coef=0.0, mini_batch_size=16),
     )
     result = run_rl(fresh_tiny(), config, tmp_path, task=letters_task(), progress=False)
     for agent in ("ppo",) if method == "ppo" else ("pioneer", "observer"):
         rewards = [r["reward"] for r in result.rows if r["agent"] == agent]
-        first, last = sum(rewards[:6]) / 6, sum(rewards[-6:]) / 6
-        # a random 259-token byte model emits lowercase letters ~10% of the time; training must raise that
-        assert last > first + 0.05, (agent, rewards)
+        first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
+        # sampling the random 259-token byte model gives ~10% lowercase letters; training must raise that
+        assert last > first + 0.15, (agent, rewards)
 
 
 def test_ppo_learns_a_trivial_reward(tmp_path):

@@ -380,15 +380,20 @@ def sample(
     policy and the reference; the rollout's ``scores`` are zeros until the caller sets them. Also the texts."""
     module = student.model
     module.eval()
-    with active(module, policy.adapter):
-        completions = student.generate(
-            list(prompts),
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            ignore_eos=ignore_eos,
-            seed=seed,
-        )
+    config = module.get_base_model().generation_config
+    top_k, config.top_k = config.top_k, 0  # sample the full distribution: transformers' default top-k of 50
+    try:  # would make the behaviour policy differ from π, biasing the ratios and the KL estimate
+        with active(module, policy.adapter):
+            completions = student.generate(
+                list(prompts),
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                ignore_eos=ignore_eos,
+                seed=seed,
+            )
+    finally:
+        config.top_k = top_k
     pad = student.tokenizer.pad_token_id
     query_ids, query_mask = _pad([student.encode(p) for p in prompts], pad, left=True)
     response_ids, response_mask = _pad([c.token_ids for c in completions], pad, left=False)

@@ -60,7 +60,7 @@ class RLConfig:
     iterations: int = 20
     batch_size: int = 8  # queries per iteration (CORY: each agent answers every one)
     max_new_tokens: int = 20
-    temperature: float = 1.0  # sampling temperature of the rollouts
+    temperature: float = 1.0  # of the rollouts; 1 samples from π itself, as PPO's ratios and the KL assume
     top_p: float = 1.0
     max_context: int = 0  # tokens a prompt plus its answer may take; 0: the model's own limit
     lora_rank: int = 16
