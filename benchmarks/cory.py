@@ -4,10 +4,13 @@ CORY's two ablations (no role exchange, no knowledge transfer).
 Every run gets the same iterations, queries per iteration, answer tokens, LoRA and PPO settings. Per iteration
 and agent: the task reward r (mean over the batch), the KL to the reference (Σ_t log π − log π_ref, mean over
 answers) and the combined reward r − β·KL. Rows: per run and agent, the mean reward of the first and last 10
-iterations and the mean KL and combined reward of the last 10. A PNG of the curves goes to results/cory.png.
+iterations and the mean KL and combined reward of the last 10; then every run over the iterations all runs
+share (``--ablation-iterations`` shortens the ablations on a small machine; every run sees the same queries
+at iteration i). A PNG of the curves goes to results/cory.png.
 
     selfevolve bench cory [--runs ppo,cory,no_exchange,no_transfer] [--iterations 20] [--batch-size 8]
-        [--max-new-tokens 12] [--model smollm2-135m-instruct] [--task sentiment|gsm8k --data FILE] [--fresh]
+        [--ablation-iterations N] [--max-new-tokens 12] [--model smollm2-135m-instruct]
+        [--task sentiment|gsm8k --data FILE] [--fresh]
 
 The defaults are sized for a 2-core CPU (SmolLM2-135M, IMDB sentiment, VADER reward). On a GPU, GSM8K with a
 larger model: ``selfevolve bench cory --task gsm8k --data ../shared/data/gsm8k/train.jsonl --model
@@ -42,6 +45,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--task", default="sentiment", choices=("sentiment", "gsm8k"))
     parser.add_argument("--data", default="")
     parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--ablation-iterations", type=int, default=0, help="0: the same as --iterations")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=12)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -63,10 +67,11 @@ def run_config(args: argparse.Namespace, name: str) -> RLConfig:
         epochs=args.epochs,
         mini_batch_size=args.batch_size,
     )
+    ablation = name not in ("ppo", "cory") and args.ablation_iterations
     return RLConfig(
         task=args.task,
         data=args.data,
-        iterations=args.iterations,
+        iterations=args.ablation_iterations if ablation else args.iterations,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         lora_layers=args.lora_layers,
@@ -74,6 +79,20 @@ def run_config(args: argparse.Namespace, name: str) -> RLConfig:
         ppo=ppo,
         **RUNS[name],
     )
+
+
+def same_budget(curves: dict[str, list[dict]]) -> list[dict]:
+    """Every run and agent over the iterations all runs share: mean reward, KL and combined reward over the
+    last five of them (runs use the same seeds, so iteration i sees the same queries in every run)."""
+    shared = min(len(rows) for rows in curves.values())
+    window = range(max(shared - 5, 0), shared)
+    table = []
+    for label, rows in curves.items():
+        run, agent = label.split(":")
+        picked = [rows[i] for i in window]
+        means = {k: sum(r[k] for r in picked) / len(picked) for k in ("reward", "kl", "combined")}
+        table.append({"run": run, "agent": agent, "iterations": f"{window.start + 1}-{shared}", **means})
+    return table
 
 
 def plot(curves: dict[str, list[dict]], path: Path) -> None:
@@ -126,7 +145,11 @@ def main(argv: list[str]) -> None:
         rows,
         ["run", "agent", "first_reward", "last_reward", "last_kl", "last_combined", "minutes"],
     )
+    budget = same_budget(curves)
+    print_table("Same budget: every run over the last 5 of the iterations they all ran", budget)
     png = Path(args.out) / "cory.png"
     plot(curves, png)
-    path = write_results("cory", rows, out_dir=args.out, config=vars(args), curves=curves, figure=str(png))
+    path = write_results(
+        "cory", rows, out_dir=args.out, config=vars(args), same_budget=budget, curves=curves, figure=str(png)
+    )
     print(f"wrote {path} and {png}")
