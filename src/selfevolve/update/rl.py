@@ -157,7 +157,19 @@ def make_sampler(student: LocalModel, config: RLConfig, task: RLTask, iteration:
     return sampler
 
 
-def ppo_iteration(module, policy, kl, task, queries, references, sampler, config, where, accelerator, gen):
+def ppo_iteration(
+    module: nn.Module,
+    policy: Policy,
+    kl: dict,
+    task: RLTask,
+    queries: list[str],
+    references: list[str],
+    sampler: Callable,
+    config: RLConfig,
+    where: str,
+    accelerator=None,
+    gen: torch.Generator | None = None,
+) -> dict[str, AgentStats]:
     """One single-agent PPO iteration on the task reward."""
     rollout, texts = sampler(policy, [task.prompt(q) for q in queries], f"{where}, step ppo rollout")
     scores = score_all(task.reward, queries, texts, references, f"{where}, step ppo reward")
