@@ -26,6 +26,7 @@ from selfevolve.cli import (
     models,
     repair_train,
     report,
+    rl,
     serve,
     trace,
 )
@@ -56,6 +57,7 @@ COMMANDS = (
     (acr.main, "acr"),
     (evolve.main, "evolve"),
     (report.main, "report"),
+    (rl.main, "rl"),
 )
 for command, name in COMMANDS:
     app.command(name)(command)

@@ -1,4 +1,5 @@
-"""Update: methods that change the weights (SELF-PARAM knowledge injection, SFT baselines) on one shared loop."""
+"""Update: methods that change the weights (SELF-PARAM knowledge injection, SFT baselines, PPO and CORY RL
+fine-tuning) through accelerate."""
 
 from __future__ import annotations
 
@@ -21,10 +22,21 @@ _EXPORTS = {
     "TrainResult": "selfevolve.update.training",
     "train": "selfevolve.update.training",
     "save_model": "selfevolve.update.training",
+    "PPOConfig": "selfevolve.update.ppo",
+    "CORYConfig": "selfevolve.update.cory",
+    "RLConfig": "selfevolve.update.rl",
+    "RLResult": "selfevolve.update.rl",
+    "run_rl": "selfevolve.update.rl",
+    "merge_adapter": "selfevolve.update.rl",
+    "load_task": "selfevolve.update.rewards",
 }
 
 if TYPE_CHECKING:
+    from selfevolve.update.cory import CORYConfig
     from selfevolve.update.losses import ContinuationCrossEntropy, ForwardKLLoss, TopKForwardKLLoss
+    from selfevolve.update.ppo import PPOConfig
+    from selfevolve.update.rewards import load_task
+    from selfevolve.update.rl import RLConfig, RLResult, merge_adapter, run_rl
     from selfevolve.update.selfparam import (
         InjectionResult,
         SelfParamConfig,

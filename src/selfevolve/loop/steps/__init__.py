@@ -26,7 +26,7 @@ from selfevolve.loop.steps.refine import (
     GroundingFilter,
     SourceAwareCleaning,
 )
-from selfevolve.loop.steps.update import SFT, RepairSFT, SelfParam
+from selfevolve.loop.steps.update import CORY, PPO, SFT, RepairSFT, SelfParam
 
 STEPS: dict[str, type] = {
     "fictional_documents": FictionalDocuments,
@@ -41,6 +41,8 @@ STEPS: dict[str, type] = {
     "selfparam": SelfParam,
     "sft": SFT,
     "repair_sft": RepairSFT,
+    "ppo": PPO,
+    "cory": CORY,
     "heldout_qa": HeldoutQA,
     "retention": Retention,
     "repair_fix_rate": RepairFixRate,

@@ -14,6 +14,8 @@ from selfevolve.loop.state import LoopState, StepResult, clone_model, existing_p
 from selfevolve.loop.steps.acquire import QA, REPAIR, REPAIR_PROBLEM, repair_problem, stored_documents
 from selfevolve.records import SynthesizedItem
 from selfevolve.store import Decision, Experience
+from selfevolve.update.cory import CORYConfig
+from selfevolve.update.rl import RLConfig, final_summary, merge_adapter, run_rl
 from selfevolve.update.selfparam import SelfParamConfig, inject
 from selfevolve.update.sft import CrossEntropyObjective, SFTConfig, finetune
 from selfevolve.update.training import TrainingConfig, TrainResult, response_ids, train
@@ -126,3 +128,60 @@ class RepairSFT:
         ]
         trained = train(model, examples, CrossEntropyObjective(), self.train)
         return _result(model, list(chosen.values()), trained)
+
+
+def _rl_step(state: LoopState, config: RLConfig, keep: str) -> StepResult:
+    """Train a copy of the model by PPO or CORY (in ``run_dir/rl/iteration-N``, resumable) and return it with
+    the ``keep`` agent's adapter merged in."""
+    model = clone_model(state.model)
+    out = state.run_dir / "rl" / f"iteration-{state.iteration}"
+    result = run_rl(model, config, out, resume=True, progress=False)
+    model.model = merge_adapter(result.module, result.roles[keep], inplace=True)
+    return StepResult(
+        losses=[row["loss"] for row in result.rows if row["agent"] == keep],
+        model=model,
+        summary={"out": str(out), "kept": keep, "agents": final_summary(result.rows)},
+    )
+
+
+@dataclass
+class PPO:
+    """Single-agent PPO on a task reward (KL penalty to the model before the step; our own PPO, LoRA merged at
+    the end)."""
+
+    PHASE: ClassVar[str] = "update"
+    METRICS: ClassVar[tuple[str, ...]] = ()
+
+    rl: RLConfig = field(default_factory=lambda: RLConfig(method="ppo"))
+
+    def __post_init__(self) -> None:
+        if self.rl.method != "ppo":
+            raise SelfEvolveError(
+                f"step ppo needs rl.method=ppo, got {self.rl.method!r}; use step cory for CORY"
+            )
+
+    def run(self, state: LoopState) -> StepResult:
+        return _rl_step(state, self.rl, "ppo")
+
+
+@dataclass
+class CORY:
+    """CORY cooperative two-agent RL (https://arxiv.org/abs/2410.06101); the ``keep`` agent's adapter (the one
+    in that role after the last iteration) is merged into the step's model."""
+
+    PHASE: ClassVar[str] = "update"
+    METRICS: ClassVar[tuple[str, ...]] = ()
+
+    rl: RLConfig = field(default_factory=lambda: RLConfig(method="cory", cory=CORYConfig()))
+    keep: str = "pioneer"  # pioneer answers alone, so it is the one that serves without a partner
+
+    def __post_init__(self) -> None:
+        if self.rl.method != "cory":
+            raise SelfEvolveError(
+                f"step cory needs rl.method=cory, got {self.rl.method!r}; use step ppo for PPO"
+            )
+        if self.keep not in ("pioneer", "observer"):
+            raise SelfEvolveError(f"step cory: keep must be pioneer or observer, got {self.keep!r}")
+
+    def run(self, state: LoopState) -> StepResult:
+        return _rl_step(state, self.rl, self.keep)
