@@ -5,19 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from selfevolve.cli import app
-
-
-@pytest.fixture(autouse=True)
-def _repo_root_importable(monkeypatch):
-    """Members named ``tests.test_sac:...`` import from the checkout, whatever pytest's import mode."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
-
 
 runner = CliRunner()
 

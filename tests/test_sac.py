@@ -26,12 +26,6 @@ from selfevolve.refine.preferences import load_pairs, split_dialogue
 from selfevolve.refine.sac import SACConfig, audit, clean, cleanlab_flags, write_outputs
 
 
-@pytest.fixture(autouse=True)
-def _repo_root_importable(monkeypatch):
-    """Members named ``tests.test_sac:...`` import from the checkout, whatever pytest's import mode."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
-
-
 @dataclass
 class Fixed:
     """A hand-made member: fixed P(chosen better) and absolute scores; counts its calls."""
