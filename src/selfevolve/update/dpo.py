@@ -105,6 +105,8 @@ def train_dpo(
             report_to=[],
             seed=settings.seed,
             use_cpu=model.device.type == "cpu",
+            bf16=False,  # the policy trains in float32; TRL's bf16 default would also fix the process-wide
+            fp16=False,  # accelerate state to bf16 and break every later Accelerator(mixed_precision="no")
             dataloader_num_workers=0,
             disable_tqdm=True,
         )
