@@ -77,3 +77,14 @@ class Problem:
     entry_point: str
     canonical_solution: str
     test: str
+
+
+@dataclass
+class ItemSet:
+    """Items to compare under one criterion (one line of the judge-consistency JSONL): ``gold`` holds one
+    number per item, higher is better (None when unknown)."""
+
+    question: str
+    items: list[str]
+    gold: list[float] | None
+    id: str = ""
