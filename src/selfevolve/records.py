@@ -81,10 +81,10 @@ class Problem:
 
 @dataclass
 class ItemSet:
-    """Items to compare under one criterion (one line of the judge-consistency JSONL): ``gold`` holds one
-    number per item, higher is better (None when unknown)."""
+    """One line of a judge-consistency JSONL: the criterion, the items to compare, optional gold scores (one
+    number per item, higher is better) and an id."""
 
     question: str
     items: list[str]
-    gold: list[float] | None
+    gold: list[float] | None = None
     id: str = ""
