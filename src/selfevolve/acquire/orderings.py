@@ -9,8 +9,8 @@ https://arxiv.org/abs/2410.02205, which uses CaTeRS temporal ordering and SummEv
   counted in the sandbox by trusted test code (:func:`passed_shares`).
 * :func:`hh_item_sets`: Anthropic HH pairs (chosen vs rejected dialogue), gold 1 / 0, for pairwise agreement.
 
-Every builder is deterministic for its ``seed``; :func:`write_item_sets` / :func:`read_item_sets` store them
-as JSONL (``question``, ``items``, ``gold``, ``id``).
+Every builder is deterministic for its ``seed``; :func:`write_item_sets` stores them as the JSONL that
+``selfevolve judge-consistency`` reads (``question``, ``items``, ``gold``, ``id``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 from selfevolve.acquire.knowledge import fictional_knowledge
 from selfevolve.acquire.mutate import mutants, normalized_solution
 from selfevolve.errors import SelfEvolveError
-from selfevolve.io import read_jsonl, write_jsonl
+from selfevolve.io import write_jsonl
 from selfevolve.records import ItemSet, Problem
 from selfevolve.sandbox.remote import Tests
 
@@ -221,35 +221,3 @@ def write_item_sets(path: str | Path, sets: Sequence[ItemSet]) -> Path:
     return write_jsonl(
         path, ({"id": s.id, "question": s.question, "items": s.items, "gold": s.gold} for s in sets)
     )
-
-
-def read_item_sets(path: str | Path) -> list[ItemSet]:
-    """Item sets from JSONL (``question``, ``items``, optional ``gold`` and ``id``), checked line by line."""
-    path = Path(path)
-    if not path.is_file():
-        raise SelfEvolveError(f"item-set file {path} does not exist; pass a JSONL file")
-    sets = []
-    for number, record in read_jsonl(path):
-        where = f"{path} line {number}"
-        question, items, gold = record.get("question"), record.get("items"), record.get("gold")
-        if not isinstance(question, str) or not question.strip():
-            raise SelfEvolveError(f"{where}: 'question' must be a non-empty string")
-        if not isinstance(items, list) or len(items) < 2 or not all(isinstance(i, str) and i for i in items):
-            raise SelfEvolveError(f"{where}: 'items' must be a list of at least two non-empty strings")
-        if gold is not None and (
-            not isinstance(gold, list)
-            or len(gold) != len(items)
-            or not all(isinstance(g, (int, float)) and not isinstance(g, bool) and g == g for g in gold)
-        ):
-            raise SelfEvolveError(f"{where}: 'gold' must be one number per item (or left out)")
-        sets.append(
-            ItemSet(
-                question,
-                list(items),
-                None if gold is None else [float(g) for g in gold],
-                str(record.get("id", number)),
-            )
-        )
-    if not sets:
-        raise SelfEvolveError(f"{path} holds no item sets; write one JSON object per line")
-    return sets
