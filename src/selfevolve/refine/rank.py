@@ -14,12 +14,14 @@ items whose aggregate scores are equal imply no pair.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from selfevolve.errors import SelfEvolveError
-from selfevolve.records import JudgeLabel
+from selfevolve.judges.pairwise import PairwiseJudge
+from selfevolve.records import ItemSet, JudgeLabel
 
 Label = tuple[int, int, float]
 """``(i, j, p)``: P(item ``i`` is better than item ``j``), or nan for an invalid verdict."""
@@ -160,3 +162,34 @@ def repair(
     scores = aggregate(len(items), labels, method)
     pairs = implied_pairs(question, items, scores, both_orders=both_orders, negated=negated)
     return Repaired(scores, ranking(scores), pairs, count_invalid(labels))
+
+
+def judge_labels(judge: PairwiseJudge, question: str, items: Sequence[str]) -> list[Label]:
+    """The judge's label on every ordered pair of ``items`` (n (n - 1) verdicts, one batch)."""
+    pairs = list(itertools.permutations(range(len(items)), 2))
+    values = judge.prefer([(question, items[i], items[j]) for i, j in pairs])
+    if len(values) != len(pairs):
+        raise SelfEvolveError(f"judge {judge.name} returned {len(values)} verdicts for {len(pairs)} pairs")
+    return [(i, j, float(p)) for (i, j), p in zip(pairs, values)]
+
+
+def repair_item_sets(
+    judge: PairwiseJudge,
+    item_sets: Sequence[ItemSet],
+    *,
+    method: str = "win_loss",
+    both_orders: bool = True,
+    negated: bool = True,
+) -> list[Repaired]:
+    """REPAIR with ``judge`` as the labeller: its labels on every ordered pair of each set, aggregated."""
+    return [
+        repair(
+            s.question,
+            s.items,
+            judge_labels(judge, s.question, s.items),
+            method=method,
+            both_orders=both_orders,
+            negated=negated,
+        )
+        for s in item_sets
+    ]
