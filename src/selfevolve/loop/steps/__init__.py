@@ -14,8 +14,8 @@ from selfevolve.loop.steps.acquire import (
     SynthesizeQA,
 )
 from selfevolve.loop.steps.evaluate import HeldoutQA, InjectedMemorization, RepairFixRate, Retention
-from selfevolve.loop.steps.refine import CodeJudgeFilter, ExecutionFilter, GroundingFilter
-from selfevolve.loop.steps.update import SFT, RepairSFT, SelfParam
+from selfevolve.loop.steps.refine import CodeJudgeFilter, ExecutionFilter, GroundingFilter, JudgeRepair
+from selfevolve.loop.steps.update import SFT, JudgeTuning, RepairSFT, SelfParam
 
 STEPS: dict[str, type] = {
     "fictional_documents": FictionalDocuments,
@@ -26,9 +26,11 @@ STEPS: dict[str, type] = {
     "grounding_filter": GroundingFilter,
     "execution_filter": ExecutionFilter,
     "codejudge_filter": CodeJudgeFilter,
+    "judge_repair": JudgeRepair,
     "selfparam": SelfParam,
     "sft": SFT,
     "repair_sft": RepairSFT,
+    "judge_tuning": JudgeTuning,
     "heldout_qa": HeldoutQA,
     "retention": Retention,
     "repair_fix_rate": RepairFixRate,

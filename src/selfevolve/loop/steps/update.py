@@ -12,8 +12,10 @@ from selfevolve.errors import SelfEvolveError
 from selfevolve.loop.repair import answer_target, repair_prompt
 from selfevolve.loop.state import LoopState, StepResult, clone_model, existing_path
 from selfevolve.loop.steps.acquire import QA, REPAIR, REPAIR_PROBLEM, repair_problem, stored_documents
-from selfevolve.records import SynthesizedItem
+from selfevolve.loop.steps.refine import JUDGE_PAIR
+from selfevolve.records import JudgeLabel, SynthesizedItem
 from selfevolve.store import Decision, Experience
+from selfevolve.update.judge_tuning import JudgeTuningConfig, tune_judge
 from selfevolve.update.selfparam import SelfParamConfig, inject
 from selfevolve.update.sft import CrossEntropyObjective, SFTConfig, finetune
 from selfevolve.update.training import TrainingConfig, TrainResult, response_ids, train
@@ -126,3 +128,28 @@ class RepairSFT:
         ]
         trained = train(model, examples, CrossEntropyObjective(), self.train)
         return _result(model, list(chosen.values()), trained)
+
+
+@dataclass
+class JudgeTuning:
+    """REPAIR's update step: fine-tune the model as a log-probability judge on this iteration's kept
+    ``judge-pair`` labels (https://arxiv.org/abs/2410.02205)."""
+
+    PHASE: ClassVar[str] = "update"
+    METRICS: ClassVar[tuple[str, ...]] = ()
+
+    train: TrainingConfig = field(default_factory=lambda: JudgeTuningConfig().train)  # LoRA, 5e-4, 2 epochs
+
+    def run(self, state: LoopState) -> StepResult:
+        kept = state.kept(JUDGE_PAIR)
+        if not kept:
+            return StepResult(summary={"skipped": "no kept judge-pair label to train on"})
+        labels = [
+            JudgeLabel(
+                e.prompt, e.metadata["a"], e.metadata["b"], e.metadata["target"], e.metadata["negated"]
+            )
+            for e in kept
+        ]
+        model = clone_model(state.model)
+        trained = tune_judge(model, labels, JudgeTuningConfig(train=self.train))
+        return _result(model, kept, trained)
