@@ -7,15 +7,18 @@ import math
 import pytest
 
 from selfevolve.errors import SelfEvolveError
-from selfevolve.records import JudgeLabel
+from selfevolve.judges.pairwise import CallableJudge
+from selfevolve.records import ItemSet, JudgeLabel
 from selfevolve.refine.rank import (
     aggregate,
     bradley_terry,
     count_invalid,
     elo,
     implied_pairs,
+    judge_labels,
     ranking,
     repair,
+    repair_item_sets,
     win_loss,
 )
 
@@ -122,3 +125,27 @@ def test_bad_arguments_are_refused():
         win_loss(0, [])
     with pytest.raises(SelfEvolveError, match="rounds"):
         elo(2, [], rounds=0)
+
+
+def test_judge_labels_ask_every_ordered_pair_once():
+    asked = []
+
+    def shorter(question, a, b, *, negated=False):
+        asked.append((a, b))
+        return 1.0 if len(a) < len(b) else 0.0
+
+    labels = judge_labels(CallableJudge(shorter), "q", ["aaa", "a", "aa"])
+    assert len(labels) == len(set(asked)) == 6  # n (n - 1) for n = 3
+    assert (1, 0, 1.0) in labels and (0, 1, 0.0) in labels
+    (result,) = repair_item_sets(CallableJudge(shorter), [ItemSet("q", ["aaa", "a", "aa"], None)])
+    assert result.order == [1, 2, 0]  # win rates: "a" 4/4, "aa" 2/4, "aaa" 0/4
+    assert len(result.pairs) == 12  # 3 pairs x 2 orders x (plain, negated): negated is on by default
+
+
+def test_a_purely_position_biased_judge_implies_no_pair():
+    # "always the first": every item wins all its games as first and loses all as second -> every win rate is
+    # (n - 1) / (2 (n - 1)) = 0.5, a four-way tie, so REPAIR derives nothing to train on
+    (result,) = repair_item_sets(
+        CallableJudge(lambda q, a, b, *, negated=False: 1.0), [ItemSet("q", ["w", "x", "y", "z"], None)]
+    )
+    assert result.scores == [0.5] * 4 and result.pairs == []
