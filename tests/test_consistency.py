@@ -225,3 +225,63 @@ def test_metrics_match_a_brute_force_count_on_a_random_judge():
         ij, jk, ik = prefs[i, j] > 0.5, prefs[j, k] > 0.5, prefs[i, k] > 0.5
         cyclic += (ij and jk and not ik) or (not ij and not jk and ik)
     assert sum(units) == 20 - cyclic
+
+
+def test_the_loop_step_measures_the_current_model_as_a_judge(tmp_path, tiny_llama):
+    import yaml
+
+    from selfevolve.judges.pairwise import LogprobJudge
+    from selfevolve.loop import STEPS, evolve
+    from selfevolve.loop.state import LoopState
+    from selfevolve.store import ExperienceStore
+
+    items = tmp_path / "items.jsonl"
+    items.write_text(
+        json.dumps({"question": NUMBERS.question, "items": NUMBERS.items, "gold": NUMBERS.gold}) + "\n"
+    )
+    step = STEPS["judge_consistency"](items=str(items), consistency=ConsistencyConfig(k=4))
+    state = LoopState(model=tiny_llama, iteration=0, store=None, run_id="", run_dir=tmp_path, seed=0)
+    result = step.run(state)
+    expected = measure_consistency(
+        LogprobJudge(tiny_llama), [NUMBERS], ConsistencyConfig(k=4), progress=False
+    )
+    assert set(result.metrics) == {"s_tran", "s_comm", "s_neg", "gold_agreement", "invalid_rate"}
+    for name, metric in expected.metrics.items():
+        assert result.metrics[name] == pytest.approx(metric.value)
+    assert result.metrics["invalid_rate"] == 0.0 and result.summary["calls"] == 60
+    no_gold = tmp_path / "no_gold.jsonl"
+    no_gold.write_text(json.dumps({"question": "Q", "items": ["a", "b", "c"]}) + "\n")
+    verdict = STEPS["judge_consistency"](
+        items=str(no_gold), kind="verdict", consistency=ConsistencyConfig(k=3)
+    )
+    metrics = verdict.run(state).metrics
+    assert math.isnan(metrics["gold_agreement"]) and 0.0 <= metrics["invalid_rate"] <= 1.0
+    with pytest.raises(SelfEvolveError, match="needs items"):
+        STEPS["judge_consistency"]()
+    with pytest.raises(SelfEvolveError, match="does not exist"):
+        STEPS["judge_consistency"](items=str(tmp_path / "missing.jsonl"))
+    with pytest.raises(SelfEvolveError, match="kind"):
+        STEPS["judge_consistency"](items=str(items), kind="pointwise")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("{nope\n")
+    with pytest.raises(SelfEvolveError, match="line 1"):
+        STEPS["judge_consistency"](items=str(broken))
+
+    # in a run: the base model (iteration 0) is measured, and its scores are stored by name
+    config = {
+        "model": "tiny-random-llama",
+        "out": str(tmp_path / "run"),
+        "iterations": 0,
+        "selection_metric": "judge_consistency.s_comm",
+        "evaluate": [
+            {"step": "judge_consistency", "items": str(items), "consistency": {"k": 4, "subsets": 5}}
+        ],
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    evolve(path)
+    store = ExperienceStore(tmp_path / "run" / "store.sqlite")
+    (run,) = store.runs()
+    scores = {s.metric: s.value for s in store.scores(run.id, step="judge_consistency")}
+    store.close()
+    assert scores["s_comm"] == pytest.approx(expected.metrics["s_comm"].value)

@@ -226,3 +226,47 @@ def test_load_judge_over_http_matches_the_local_text_prompt_judge(tiny_llama):
         assert isinstance(load_judge(url, kind="verdict"), VerdictJudge)
     with pytest.raises(SelfEvolveError, match="cannot list the models"):
         load_judge("http://127.0.0.1:9/v1")
+
+
+def test_pointwise_judge_prompt_and_parse_hooks_count_unparseable_replies_invalid():
+    from selfevolve.judges.pointwise import PointwiseJudge, UnparseableOutput
+
+    def parse(text):
+        if not text.strip().isdigit():
+            raise UnparseableOutput(f"no digit in {text!r}")
+        return int(text)
+
+    prompts = []
+
+    class Backend:
+        name = "scripted"
+
+        def generate(self, batch, **kwargs):
+            prompts.append((list(batch), kwargs["max_new_tokens"]))
+            replies = ["3", "seven"] if kwargs["max_new_tokens"] == 4 else ["analysis one", "analysis two"]
+            return [Completion(text=r) for r in replies]
+
+    judge = PointwiseJudge(
+        "rating",
+        prompt=lambda text: [{"role": "user", "content": f"Rate 0-4: {text}"}],
+        parse=parse,
+        score=lambda v: v / 4,
+        max_new_tokens=4,
+    )
+    good, bad = judge.judge(Backend(), [{"text": "x"}, {"text": "y"}])
+    assert (good.valid, good.score, good.value) == (True, 0.75, 3)
+    assert (bad.valid, bad.score, bad.error) == (False, None, "no digit in 'seven'")
+    assert len(prompts) == 1 and prompts[0][0][1][0]["content"] == "Rate 0-4: y"
+    two_step = PointwiseJudge(
+        "two",
+        prompt=lambda analysis: [{"role": "user", "content": f"Summarize: {analysis}"}],
+        parse=parse,
+        max_new_tokens=4,
+        analysis=lambda text: [{"role": "user", "content": f"Analyze {text}"}],
+        analysis_max_new_tokens=9,
+    )
+    prompts.clear()
+    first, _ = two_step.judge(Backend(), [{"text": "x"}, {"text": "y"}])
+    assert [m for _, m in prompts] == [9, 4] and prompts[1][0][0][0]["content"] == "Summarize: analysis one"
+    assert first.analysis == "analysis one" and first.score == 3.0
+    assert judge.judge(Backend(), []) == []

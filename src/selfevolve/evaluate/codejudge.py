@@ -14,7 +14,8 @@ Modes (``judge(..., mode=...)``):
 * ``vanilla``: one call, answer Yes or No (baseline).
 * ``rubric``: one call, an ICE-Score-style 0-4 functional-correctness rating; score = rating / 4 (baseline).
 
-Every judge output is parsed strictly but tolerantly; one that cannot be parsed makes an *invalid* result
+Each mode is a :class:`~selfevolve.judges.pointwise.PointwiseJudge` (:func:`code_judge`): a prompt hook and a
+parse hook. Every judge output is parsed strictly but tolerantly; one that cannot be parsed makes an *invalid* result
 (``valid=False``, ``score=None``, the raw text and the reason kept). Invalid results are counted and reported
 by :func:`judge_metrics`, never given a score. Judges run through the :class:`~selfevolve.runtime.backend.Backend`
 protocol, so the local model (batched) and any OpenAI-compatible endpoint work the same way.
@@ -28,11 +29,13 @@ import math
 import re
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 from selfevolve.errors import SelfEvolveError
+from selfevolve.judges.pointwise import PointwiseJudge, UnparseableOutput, Verdict
 from selfevolve.records import Candidate, Problem
 from selfevolve.runtime.backend import Backend, Message
 
@@ -114,10 +117,6 @@ class JudgeResult:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-class UnparseableOutput(ValueError):
-    """A judge output that says nothing decidable; the message says why."""
 
 
 # Prompts: chat messages, paraphrasing the paper's.
@@ -452,90 +451,74 @@ def taxonomy_score(inconsistencies: Sequence[Inconsistency], config: CodeJudgeCo
     return max(0.0, 100.0 - sum(config.weight(i.severity) for i in inconsistencies)) / 100.0
 
 
-# Modes. Each judges a batch of items with one or two batched generate calls.
+# Modes: each is a PointwiseJudge (a prompt hook and a parse hook) built from the config.
 
 
-@dataclass
-class _Item:
-    task_id: str
-    problem: str
-    code: str
-    reference: str | None
+def _summary(analysis: str) -> list[Message]:
+    return summary_prompt(analysis)
 
 
-def _ask(
-    backend: Backend, prompts: list[list[Message]], max_new_tokens: int, config: CodeJudgeConfig
-) -> list[str]:
-    completions = backend.generate(
-        prompts, max_new_tokens=max_new_tokens, temperature=config.temperature, seed=config.seed
-    )
-    return [c.text for c in completions]
+def code_judge(mode: str, config: CodeJudgeConfig | None = None) -> PointwiseJudge:
+    """The pointwise judge of one mode: prompts, parser, score and token budgets from ``config``.
 
-
-def _score(mode: str, raw: str, config: CodeJudgeConfig) -> tuple[float, list[Inconsistency] | None]:
-    """A mode's score (and, for taxonomy, the inconsistencies) from its raw output; UnparseableOutput if none."""
+    Its prompt hooks take the fields ``problem``, ``code`` and ``reference`` (None without one)."""
+    config = config or CodeJudgeConfig()
+    language = {"language": config.language}
+    if mode == "analyze":
+        return PointwiseJudge(
+            "analyze",
+            prompt=_summary,
+            parse=parse_yes_no,
+            max_new_tokens=config.summary_max_new_tokens,
+            analysis=partial(analyze_prompt, **language),
+            analysis_max_new_tokens=config.analysis_max_new_tokens,
+        )
     if mode == "taxonomy":
-        found = parse_inconsistencies(raw)
-        return taxonomy_score(found, config), found
+        return PointwiseJudge(
+            "taxonomy",
+            prompt=partial(taxonomy_prompt, **language),
+            parse=parse_inconsistencies,
+            score=partial(taxonomy_score, config=config),
+            max_new_tokens=config.taxonomy_max_new_tokens,
+        )
+    if mode == "vanilla":
+        return PointwiseJudge(
+            "vanilla",
+            prompt=partial(vanilla_prompt, **language),
+            parse=parse_yes_no,
+            max_new_tokens=config.answer_max_new_tokens,
+        )
     if mode == "rubric":
-        return parse_rubric(raw) / 4, None
-    return float(parse_yes_no(raw)), None
+        return PointwiseJudge(
+            "rubric",
+            prompt=partial(rubric_prompt, **language),
+            parse=parse_rubric,
+            score=lambda rating: rating / 4,
+            max_new_tokens=config.answer_max_new_tokens,
+        )
+    raise SelfEvolveError(f"unknown judge mode {mode!r}; use one of {', '.join(MODES)}")
 
 
-def _result(task_id: str, mode: str, raw: str, config: CodeJudgeConfig, **extra) -> JudgeResult:
-    try:
-        score, detail = _score(mode, raw, config)
-    except UnparseableOutput as err:
-        return JudgeResult(task_id, mode, valid=False, score=None, raw=raw, error=str(err), **extra)
-    if detail is not None:
-        extra["inconsistencies"] = detail
-    return JudgeResult(task_id, mode, valid=True, score=score, raw=raw, **extra)
+def _as_result(task_id: str, mode: str, verdict: Verdict) -> JudgeResult:
+    return JudgeResult(
+        task_id,
+        mode,
+        valid=verdict.valid,
+        score=verdict.score,
+        raw=verdict.raw,
+        analysis=verdict.analysis,
+        inconsistencies=verdict.value if verdict.valid and mode == "taxonomy" else None,
+        error=verdict.error,
+    )
 
 
 def reparse(result: JudgeResult, config: CodeJudgeConfig | None = None) -> JudgeResult:
     """``result`` scored again from its raw output by the current parsers, without a model call (a verdict
     cached under an older parser then counts as this one reads it)."""
-    extra = {"analysis": result.analysis, "seconds": result.seconds}
-    return _result(result.task_id, result.mode, result.raw, config or CodeJudgeConfig(), **extra)
-
-
-def judge_analyze(backend: Backend, items: list[_Item], config: CodeJudgeConfig) -> list[JudgeResult]:
-    """Analyze, then summarize the analysis as Yes / No: two batched calls."""
-    prompts = [analyze_prompt(i.problem, i.code, i.reference, config.language) for i in items]
-    analyses = _ask(backend, prompts, config.analysis_max_new_tokens, config)
-    answers = _ask(backend, [summary_prompt(a) for a in analyses], config.summary_max_new_tokens, config)
-    return [
-        _result(i.task_id, "analyze", raw, config, analysis=a) for i, a, raw in zip(items, analyses, answers)
-    ]
-
-
-def judge_taxonomy(backend: Backend, items: list[_Item], config: CodeJudgeConfig) -> list[JudgeResult]:
-    """Fault localization: a JSON list of inconsistencies, scored by severity."""
-    prompts = [taxonomy_prompt(i.problem, i.code, i.reference, config.language) for i in items]
-    answers = _ask(backend, prompts, config.taxonomy_max_new_tokens, config)
-    return [_result(i.task_id, "taxonomy", raw, config) for i, raw in zip(items, answers)]
-
-
-def judge_vanilla(backend: Backend, items: list[_Item], config: CodeJudgeConfig) -> list[JudgeResult]:
-    """Baseline: Yes / No in one call."""
-    prompts = [vanilla_prompt(i.problem, i.code, i.reference, config.language) for i in items]
-    answers = _ask(backend, prompts, config.answer_max_new_tokens, config)
-    return [_result(i.task_id, "vanilla", raw, config) for i, raw in zip(items, answers)]
-
-
-def judge_rubric(backend: Backend, items: list[_Item], config: CodeJudgeConfig) -> list[JudgeResult]:
-    """Baseline: a 0-4 rating in one call, scored rating / 4."""
-    prompts = [rubric_prompt(i.problem, i.code, i.reference, config.language) for i in items]
-    answers = _ask(backend, prompts, config.answer_max_new_tokens, config)
-    return [_result(i.task_id, "rubric", raw, config) for i, raw in zip(items, answers)]
-
-
-JUDGES: dict[str, Callable[[Backend, list[_Item], CodeJudgeConfig], list[JudgeResult]]] = {
-    "analyze": judge_analyze,
-    "taxonomy": judge_taxonomy,
-    "vanilla": judge_vanilla,
-    "rubric": judge_rubric,
-}
+    verdict = code_judge(result.mode, config).read(result.raw, analysis=result.analysis)
+    again = _as_result(result.task_id, result.mode, verdict)
+    again.seconds = result.seconds
+    return again
 
 
 def judge(
@@ -555,9 +538,8 @@ def judge(
     """
     from tqdm.auto import tqdm
 
-    if mode not in JUDGES:
-        raise SelfEvolveError(f"unknown judge mode {mode!r}; use one of {', '.join(MODES)}")
     config = config or CodeJudgeConfig()
+    pointwise = code_judge(mode, config)
     unknown = sorted({c.task_id for c in candidates} - set(problems))
     if unknown:
         raise SelfEvolveError(
@@ -567,17 +549,21 @@ def judge(
     for c in candidates:
         problem = problems[c.task_id]
         solution = problem.prompt + problem.canonical_solution if reference else None
-        items.append(_Item(c.task_id, problem.prompt, problem.prompt + c.completion, solution))
+        items.append(
+            {"problem": problem.prompt, "code": problem.prompt + c.completion, "reference": solution}
+        )
     results: list[JudgeResult] = []
     with tqdm(total=len(items), desc=f"judge {mode}", unit="sample", disable=not progress) as bar:
         for start in range(0, len(items), config.batch_size):
             chunk = items[start : start + config.batch_size]
+            ids = [c.task_id for c in candidates[start : start + config.batch_size]]
             began = time.perf_counter()
-            judged = JUDGES[mode](backend, chunk, config)
+            verdicts = pointwise.judge(backend, chunk, temperature=config.temperature, seed=config.seed)
             share = (time.perf_counter() - began) / len(chunk)
-            for result in judged:
+            for task_id, verdict in zip(ids, verdicts):
+                result = _as_result(task_id, mode, verdict)
                 result.seconds = share
-            results.extend(judged)
+                results.append(result)
             bar.update(len(chunk))
     return results
 

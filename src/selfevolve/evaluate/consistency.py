@@ -103,7 +103,9 @@ class ConsistencyReport:
     def as_dict(self) -> dict[str, Any]:
         return {
             "judge": self.judge,
-            "metrics": {name: m.as_dict() for name, m in self.metrics.items()},
+            "metrics": {  # every name; None for one not measured (no gold, or negation off)
+                name: self.metrics[name].as_dict() if name in self.metrics else None for name in METRICS
+            },
             "calls": self.calls,
             "invalid": self.invalid,
             "n_sets": self.n_sets,
@@ -386,3 +388,31 @@ def measure_consistency(
         notes=notes,
         seconds=time.perf_counter() - began,
     )
+
+
+def judge_consistency(
+    items: str | Path,
+    judge: str | PairwiseJudge,
+    config: ConsistencyConfig | None = None,
+    *,
+    kind: str = "logprob",
+    model: str | None = None,
+    api_key: str = "EMPTY",
+    device: str = "auto",
+    cache: str | Path | None = None,
+    json_out: str | Path | None = None,
+    progress: bool = True,
+) -> ConsistencyReport:
+    """Measure a judge (a spec for :func:`~selfevolve.judges.pairwise.load_judge`, or a judge) on the item sets
+    of a JSONL file; verdicts are cached in ``cache`` (resumable) and the report written to ``json_out``."""
+    from selfevolve.io import write_json
+    from selfevolve.judges.pairwise import load_judge
+
+    config = config or ConsistencyConfig()
+    item_sets = load_item_sets(items)
+    if isinstance(judge, str):
+        judge = load_judge(judge, kind=kind, model=model, api_key=api_key, device=device)
+    report = measure_consistency(CachedJudge(judge, cache), item_sets, config, progress=progress)
+    if json_out is not None:
+        write_json(json_out, {"items": str(items), **report.as_dict()})
+    return report

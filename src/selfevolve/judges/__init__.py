@@ -24,6 +24,9 @@ _EXPORTS = {
         "parse_verdict",
     )
 }
+_EXPORTS |= {
+    name: "selfevolve.judges.pointwise" for name in ("PointwiseJudge", "UnparseableOutput", "Verdict")
+}
 
 if TYPE_CHECKING:
     from selfevolve.judges.pairwise import (
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
         load_judge,
         parse_verdict,
     )
+    from selfevolve.judges.pointwise import PointwiseJudge, UnparseableOutput, Verdict
 
 __all__ = list(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

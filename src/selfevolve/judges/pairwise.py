@@ -25,6 +25,7 @@ import math
 import numbers
 import os
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,6 +307,8 @@ class CachedJudge:
 
 def _load_callable(spec: str) -> CallableJudge:
     module_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())  # a console script does not look in the current directory by itself
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
@@ -341,7 +344,7 @@ def load_judge(
 ) -> PairwiseJudge:
     """A judge from ``spec``: a registry model name or HF folder (local LocalModel), an http(s):// URL of an
     OpenAI-compatible endpoint (``model`` names the served model; default: the first of GET /v1/models), or
-    ``module:function`` (a CallableJudge). ``kind`` (logprob or verdict) picks the judge for model specs."""
+    ``module:function`` (a CallableJudge; the module is imported from PYTHONPATH or the current directory). ``kind`` (logprob or verdict) picks the judge for model specs."""
     if kind not in KINDS:
         raise SelfEvolveError(f"unknown judge kind {kind!r}; use one of {', '.join(KINDS)}")
     if not isinstance(spec, str) or not spec.strip():

@@ -13,7 +13,13 @@ from selfevolve.loop.steps.acquire import (
     SampleRepairs,
     SynthesizeQA,
 )
-from selfevolve.loop.steps.evaluate import HeldoutQA, InjectedMemorization, RepairFixRate, Retention
+from selfevolve.loop.steps.evaluate import (
+    HeldoutQA,
+    InjectedMemorization,
+    JudgeConsistency,
+    RepairFixRate,
+    Retention,
+)
 from selfevolve.loop.steps.refine import CodeJudgeFilter, ExecutionFilter, GroundingFilter, JudgeRepair
 from selfevolve.loop.steps.update import SFT, JudgeTuning, RepairSFT, SelfParam
 
@@ -35,4 +41,5 @@ STEPS: dict[str, type] = {
     "retention": Retention,
     "repair_fix_rate": RepairFixRate,
     "acr": InjectedMemorization,
+    "judge_consistency": JudgeConsistency,
 }

@@ -11,11 +11,14 @@ from selfevolve.acquire.knowledge import fictional_spec, load_documents, load_qu
 from selfevolve.acquire.trace import token_counter
 from selfevolve.errors import SelfEvolveError
 from selfevolve.evaluate.acr_targets import Target
+from selfevolve.evaluate.consistency import METRICS as CONSISTENCY_METRICS
+from selfevolve.evaluate.consistency import ConsistencyConfig, load_item_sets, measure_consistency
 from selfevolve.evaluate.gcg import GCGConfig
 from selfevolve.evaluate.general import GENERAL_QUESTIONS, GENERAL_TEXTS
 from selfevolve.evaluate.humaneval import load_humaneval
 from selfevolve.evaluate.memorization import MiniPromptConfig, audit_memorization
 from selfevolve.evaluate.qa import QAResult, answer_questions, perplexity
+from selfevolve.judges.pairwise import KINDS, LogprobJudge, VerdictJudge
 from selfevolve.loop.repair import (
     RepairConfig,
     attempt_repairs,
@@ -248,3 +251,39 @@ class InjectedMemorization:
             metrics={"memorized": len(memorized) / len(rows), "best_acr": max(memorized, default=0.0)},
             summary={"targets": len(rows)},
         )
+
+
+@dataclass
+class JudgeConsistency:
+    """The current model as a pairwise judge (https://arxiv.org/abs/2410.02205): s_tran(K), s_comm, s_neg and
+    gold agreement on the item sets of a JSONL file. A metric that cannot be measured (no gold, or no verdict
+    valid) is nan (stored as null); ``invalid_rate`` is the share of the judge's verdicts that were garbage."""
+
+    PHASE: ClassVar[str] = "evaluate"
+    METRICS: ClassVar[tuple[str, ...]] = (*CONSISTENCY_METRICS, "invalid_rate")
+
+    items: str = ""  # JSONL: question, items, optional gold (see selfevolve judge-consistency)
+    kind: str = "logprob"  # logprob (label probabilities) or verdict (the written A / B)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+
+    def __post_init__(self) -> None:
+        if not self.items:
+            raise SelfEvolveError(
+                "judge_consistency needs items: a JSONL file of item sets (question, items, gold)"
+            )
+        self.items = existing_path(self.items, "judge_consistency.items", "pass a JSONL file of item sets")
+        if self.kind not in KINDS:
+            raise SelfEvolveError(f"judge_consistency.kind is {self.kind!r}; use one of {', '.join(KINDS)}")
+        load_item_sets(self.items)  # a malformed file fails when the run is configured, not hours later
+
+    def run(self, state: LoopState) -> StepResult:
+        judge = VerdictJudge(state.model) if self.kind == "verdict" else LogprobJudge(state.model)
+        report = measure_consistency(judge, load_item_sets(self.items), self.consistency, progress=False)
+        metrics = {
+            name: math.nan
+            if name not in report.metrics or report.metrics[name].value is None
+            else report.metrics[name].value
+            for name in CONSISTENCY_METRICS
+        }
+        metrics["invalid_rate"] = report.invalid / report.calls if report.calls else math.nan
+        return StepResult(metrics=metrics, summary=report.as_dict())
