@@ -109,3 +109,24 @@ def test_a_garbage_judge_is_counted(tmp_path, monkeypatch):
     # every verdict is invalid (6 ordered pairs): counted, and no ranking, so no pair is implied
     assert result.summary["invalid"] == 6
     assert result.experiences == []
+
+
+def test_the_example_loop_runs_repair_end_to_end(tmp_path):
+    from pathlib import Path
+
+    from selfevolve.loop import evolve
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "judge-repair-loop.yaml"
+    summary = evolve(
+        example,
+        out=tmp_path / "run",
+        overrides=["model=tiny-random-llama", "refine.judge_repair.items=temporal:1:3:0"],
+    )
+    base, first = summary.iterations
+    assert first.iteration == 1
+    assert "judge_consistency.s_comm" in base.result["scores"]
+    with ExperienceStore(tmp_path / "run" / "store.sqlite") as store:
+        pairs = store.query(run_id=summary.run_id, iteration=1, task=JUDGE_PAIR)
+        trained = store.step_record(summary.run_id, 1, "update", "judge_tuning").result["summary"]
+    # the tiny judge's ranking of 3 items: 3 pairs x 2 orders x (plain, negated) = 12 labels, all trained on
+    assert len(pairs) == 12 and trained["examples"] == 12
