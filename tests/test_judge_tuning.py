@@ -93,3 +93,12 @@ def test_bad_labels_are_refused(tiny_llama):
         judge_examples(tiny_llama, [JudgeLabel("q", "a", "b", 1.5)])
     with pytest.raises(SelfEvolveError, match="string"):
         judge_examples(tiny_llama, [JudgeLabel("q", "a", None, 1.0)])  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_smollm2_margin_equals_its_logprob_judge(smollm2):
+    # SmolLM2's labels "A" and "B" are single tokens: the one-pass margin is the LogprobJudge's two-pass P
+    examples = judge_examples(smollm2, LABELS)
+    with torch.no_grad():
+        fast = torch.sigmoid(label_margins(smollm2, examples, grad=False)).tolist()
+    assert fast == pytest.approx(_judge_p(smollm2, LABELS), abs=1e-4)
