@@ -39,6 +39,7 @@ def _year(text: str) -> int:
 
 def test_steps_are_registered():
     assert STEPS["judge_repair"] is JudgeRepair and STEPS["judge_tuning"] is JudgeTuning
+    assert JudgeRepair().items == "temporal:8:5:0"  # usable with its defaults
 
 
 def test_repair_then_tuning(tmp_path, oracle):
@@ -83,7 +84,7 @@ def test_item_sets_from_files(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({}, "needs items"),
+        ({"items": ""}, "needs items"),
         ({"items": "nope.jsonl"}, "does not exist"),
         ({"items": "temporal:2:4:0", "method": "borda"}, "unknown method"),
     ],

@@ -185,7 +185,7 @@ class JudgeRepair:
     PHASE: ClassVar[str] = "refine"
     METRICS: ClassVar[tuple[str, ...]] = ()
 
-    items: str = ""  # item sets: a JSONL file (question, items[, gold]) or temporal:SETS:ITEMS:SEED
+    items: str = "temporal:8:5:0"  # a JSONL file of item sets, or temporal:SETS:ITEMS:SEED
     method: str = "win_loss"  # the paper's default; bradley_terry or elo
     negated: bool = True  # also derive the labels for the negated question ("which is worse?")
     judge: str = (
