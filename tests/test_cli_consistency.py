@@ -88,6 +88,8 @@ def test_a_total_order_callable_scores_one_and_the_json_has_every_metric(workdir
     # 2 sets x 5 items: 2 x 20 ordered pairs, asked once each in both polarities = 80 calls
     assert report["calls"] == 80 and report["metrics"]["s_comm"]["calls"] == 40
     assert report["metrics"]["s_tran"]["n"] == 2  # C(5, 5) = 1 subset per set
+    generated = invoke("numbers:3:0", "--judge", "consistency_judges:total_order", "--json", out)
+    assert "s_tran(5)" in generated.stdout and json.loads(out.read_text())["calls"] == 120  # 3 x 20 x 2
 
 
 def test_always_first_position_has_zero_commutativity(workdir):
@@ -184,7 +186,9 @@ def test_user_errors_are_one_line_without_traceback(workdir):
         done = selfevolve(*args, cwd=workdir)
         assert done.returncode == 2, (args, done.stderr)
         assert needle in done.stderr and "Traceback" not in done.stderr, done.stderr
-        lines = [line for line in done.stderr.splitlines() if line.strip() and "judge consistency:" not in line]
+        lines = [
+            line for line in done.stderr.splitlines() if line.strip() and "judge consistency:" not in line
+        ]
         assert len(lines) == 1, done.stderr  # the one error line (besides the progress bar)
     done = selfevolve(small, "--judge", "consistency_judges:total_order", "--k", "3", cwd=workdir)
     assert done.returncode == 0 and "s_tran(3)" in done.stdout, done.stderr

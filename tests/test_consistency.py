@@ -75,6 +75,7 @@ def test_an_always_first_judge_has_no_commutativity_and_no_negation_invariance()
     # order-averaged preference (1 + 1 - 1) / 2 = 0.5 on every pair: all ties, a consistent (flat) order; the
     # tie earns half credit against gold
     assert report.metrics["s_tran"].value == 1.0 and report.metrics["gold_agreement"].value == 0.5
+    assert report.tie_rate == 1.0 and measure(total_order, [NUMBERS]).tie_rate == 0.0
     # with one order only, P[i, j] = 1 for i < j is the total order by position: transitive, and against gold
     # it is right exactly on the pairs whose lower-index item has the larger number: 3<17 no, 3<8 no, 3<42 no,
     # 3>1 yes, 3<25 no, 17>8 yes, 17<42 no, 17>1 yes, 17<25 no, 8<42 no, 8>1 yes, 8<25 no, 42>1 yes, 42>25 yes,
@@ -256,8 +257,8 @@ def test_the_loop_step_measures_the_current_model_as_a_judge(tmp_path, tiny_llam
     )
     metrics = verdict.run(state).metrics
     assert math.isnan(metrics["gold_agreement"]) and 0.0 <= metrics["invalid_rate"] <= 1.0
-    with pytest.raises(SelfEvolveError, match="needs items"):
-        STEPS["judge_consistency"]()
+    default = STEPS["judge_consistency"]()  # generated number sets: no file needed
+    assert default.items == "numbers:4:0"
     with pytest.raises(SelfEvolveError, match="does not exist"):
         STEPS["judge_consistency"](items=str(tmp_path / "missing.jsonl"))
     with pytest.raises(SelfEvolveError, match="kind"):
@@ -285,3 +286,16 @@ def test_the_loop_step_measures_the_current_model_as_a_judge(tmp_path, tiny_llam
     scores = {s.metric: s.value for s in store.scores(run.id, step="judge_consistency")}
     store.close()
     assert scores["s_comm"] == pytest.approx(expected.metrics["s_comm"].value)
+
+
+def test_generated_number_sets_have_an_exact_gold_order():
+    from selfevolve.evaluate.consistency import item_sets_from, number_item_sets
+
+    sets = item_sets_from("numbers:3:7")
+    assert len(sets) == 3 and sets == number_item_sets(3, 7)
+    for item_set in sets:
+        assert len(set(item_set.items)) == 5 and item_set.gold == [float(t) for t in item_set.items]
+    report = measure(total_order, sets)
+    assert report.metrics["gold_agreement"].value == 1.0 and report.metrics["s_tran"].value == 1.0
+    with pytest.raises(SelfEvolveError):
+        number_item_sets(0)

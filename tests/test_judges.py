@@ -55,6 +55,7 @@ def test_logprob_judge_is_the_softmax_of_the_two_label_scores_in_one_batched_cal
     got = judge.prefer(TRIPLES)
     assert backend.score_calls == 1 and len(backend.prompts) == 2 * len(TRIPLES)
     t = PairwiseTemplate()
+    assert t(*TRIPLES[0]) == t.messages(*TRIPLES[0]) and "better" in t(*TRIPLES[0])[-1]["content"]
     for (q, a, b), p in zip(TRIPLES, got):
         la, lb = (s.total for s in tiny_llama.score([t.messages(q, a, b)] * 2, ["A", "B"]))
         # P(A) = e^la / (e^la + e^lb) = 1 / (1 + e^(lb - la))
@@ -62,6 +63,8 @@ def test_logprob_judge_is_the_softmax_of_the_two_label_scores_in_one_batched_cal
     negated = judge.prefer(TRIPLES[:1], negated=True)
     assert "worse" in backend.prompts[-1][-1]["content"] and 0 < negated[0] < 1
     assert judge.prefer([]) == []
+    custom = LogprobJudge(tiny_llama, PairwiseTemplate(better="Which is larger? A or B."))
+    assert custom.name.startswith("logprob:tiny-random-llama+template-") and custom.name != judge.name
 
 
 def test_logprob_judge_scores_text_prompts_on_a_text_only_backend(tiny_llama):
@@ -223,7 +226,11 @@ def test_load_judge_over_http_matches_the_local_text_prompt_judge(tiny_llama):
         assert isinstance(remote, LogprobJudge) and not remote.chat
         local = LogprobJudge(Counting(tiny_llama, text_only=True))
         assert remote.prefer(TRIPLES) == pytest.approx(local.prefer(TRIPLES), abs=1e-4)
-        assert isinstance(load_judge(url, kind="verdict"), VerdictJudge)
+        verdict = load_judge(url, kind="verdict")
+        assert isinstance(verdict, VerdictJudge)
+        local_verdict = VerdictJudge(tiny_llama)
+        assert verdict.prefer(TRIPLES) == pytest.approx(local_verdict.prefer(TRIPLES), nan_ok=True)
+        assert verdict.last_raw == local_verdict.last_raw  # greedy over HTTP = greedy locally
     with pytest.raises(SelfEvolveError, match="cannot list the models"):
         load_judge("http://127.0.0.1:9/v1")
 

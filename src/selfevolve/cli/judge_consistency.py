@@ -30,15 +30,18 @@ def _print_table(report) -> None:
     console.print(table)
     console.print(
         f"judge calls: {report.calls} ({report.invalid} invalid verdicts), {report.seconds:.1f} s; "
-        f"ties: |p - 0.5| <= {config.tie_margin}"
+        f"ties (|p - 0.5| <= {config.tie_margin}): "
+        + ("-" if report.tie_rate is None else f"{report.tie_rate:.0%} of the pairs")
     )
     for note in report.notes:
         Console(file=sys.stderr).print(f"note: {note}")
 
 
 def main(
-    items: Path = typer.Argument(
-        ..., help="JSONL, one item set per line: question, items (list of texts), optional gold and id."
+    items: str = typer.Argument(
+        ...,
+        help="JSONL, one item set per line: question, items (list of texts), optional gold and id; or "
+        "numbers:COUNT:SEED (generated 'which number is larger' sets with gold).",
     ),
     judge: str = typer.Option(
         ...,

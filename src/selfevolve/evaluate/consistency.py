@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -94,6 +95,7 @@ class ConsistencyReport:
     metrics: dict[str, Metric]
     calls: int  # judge verdicts really asked (cache hits not counted)
     invalid: int  # invalid (nan) verdicts among them
+    tie_rate: float | None  # share of valid pairs whose (order-averaged) preference is a tie
     n_sets: int
     n_items: int
     config: ConsistencyConfig
@@ -108,6 +110,7 @@ class ConsistencyReport:
             },
             "calls": self.calls,
             "invalid": self.invalid,
+            "tie_rate": self.tie_rate,
             "n_sets": self.n_sets,
             "n_items": self.n_items,
             "config": asdict(self.config),
@@ -284,6 +287,37 @@ def load_item_sets(path: str | Path) -> list[ItemSet]:
     return sets
 
 
+NUMBERS_SPEC = re.compile(r"^numbers:(\d+):(\d+)$")
+
+
+def number_item_sets(count: int, seed: int = 0, size: int = 5) -> list[ItemSet]:
+    """``count`` generated item sets of ``size`` distinct integers (1-999), "Which number is larger?", gold = the
+    numbers: a task with an exact gold order that needs no data file."""
+    if count < 1 or size < 2:
+        raise SelfEvolveError(f"need at least 1 set of at least 2 numbers, got {count} sets of {size}")
+    rng = np.random.default_rng(seed)
+    sets = []
+    for k in range(count):
+        numbers = rng.choice(np.arange(1, 1000), size=size, replace=False).tolist()
+        sets.append(
+            ItemSet(
+                "Which number is larger?",
+                [str(n) for n in numbers],
+                [float(n) for n in numbers],
+                f"numbers-{k}",
+            )
+        )
+    return sets
+
+
+def item_sets_from(spec: str | Path) -> list[ItemSet]:
+    """Item sets from a JSONL file, or generated from ``numbers:COUNT:SEED`` (see :func:`number_item_sets`)."""
+    found = NUMBERS_SPEC.match(str(spec))
+    if found and not Path(spec).exists():
+        return number_item_sets(int(found.group(1)), int(found.group(2)))
+    return load_item_sets(spec)
+
+
 def _matrix(judge: PairwiseJudge, item_set: ItemSet, negated: bool) -> np.ndarray:
     n = len(item_set.items)
     pairs = list(itertools.permutations(range(n), 2))
@@ -324,11 +358,14 @@ def measure_consistency(
     units: dict[str, list[float]] = {name: [] for name in METRICS}
     invalid = dict.fromkeys(METRICS, 0)
     calls = dict.fromkeys(METRICS, 0)
-    short, no_gold = 0, 0
+    short, no_gold, tied, decided = 0, 0, 0, 0
     began = time.perf_counter()
     for item_set in tqdm(item_sets, desc="judge consistency", unit="set", disable=not progress):
         n = len(item_set.items)
         prefs = _matrix(cached, item_set, negated=False)
+        upper = verdicts(pair_preference(prefs, config.both_orders), config.tie_margin)[np.triu_indices(n, 1)]
+        tied += int((upper == 0).sum())
+        decided += int((~np.isnan(upper)).sum())
         found, bad = commutativity_units(prefs, config.tie_margin)
         units["s_comm"] += found
         invalid["s_comm"] += bad
@@ -382,6 +419,7 @@ def measure_consistency(
         metrics=metrics,
         calls=cached.calls - calls0,
         invalid=cached.invalid - invalid0,
+        tie_rate=tied / decided if decided else None,
         n_sets=len(item_sets),
         n_items=sum(len(s.items) for s in item_sets),
         config=config,
@@ -404,12 +442,12 @@ def judge_consistency(
     progress: bool = True,
 ) -> ConsistencyReport:
     """Measure a judge (a spec for :func:`~selfevolve.judges.pairwise.load_judge`, or a judge) on the item sets
-    of a JSONL file; verdicts are cached in ``cache`` (resumable) and the report written to ``json_out``."""
+    of a JSONL file (or ``numbers:COUNT:SEED``); verdicts are cached in ``cache`` (resumable) and the report written to ``json_out``."""
     from selfevolve.io import write_json
     from selfevolve.judges.pairwise import load_judge
 
     config = config or ConsistencyConfig()
-    item_sets = load_item_sets(items)
+    item_sets = item_sets_from(items)
     if isinstance(judge, str):
         judge = load_judge(judge, kind=kind, model=model, api_key=api_key, device=device)
     report = measure_consistency(CachedJudge(judge, cache), item_sets, config, progress=progress)

@@ -19,6 +19,7 @@ infinity) is a scale bug, not a verdict, and raises a one-line :class:`~selfevol
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import math
@@ -27,7 +28,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -77,6 +78,10 @@ class PairwiseTemplate:
             {"role": "user", "content": self.user(question, a, b, negated)},
         ]
 
+    def __call__(self, question: str, a: str, b: str, negated: bool = False) -> list[Message]:
+        """The prompt hook: the same as :meth:`messages`."""
+        return self.messages(question, a, b, negated)
+
     def text(self, question: str, a: str, b: str, negated: bool = False) -> str:
         """A plain-text prompt ending in ``Answer:`` (for backends that score text only, e.g. over HTTP)."""
         return f"{self.system}\n\n{self.user(question, a, b, negated)}\nAnswer:"
@@ -89,6 +94,16 @@ def _check_triples(triples: Sequence[Triple]) -> list[Triple]:
             raise SelfEvolveError(f"a judge takes (question, a, b) string triples, got {str(triple)[:80]!r}")
         out.append((triple[0], triple[1], triple[2]))
     return out
+
+
+def _judge_name(kind: str, backend: Backend, template: PairwiseTemplate) -> str:
+    """``kind:model``, plus a short hash of the template when it is not the default one (cache files are keyed
+    by judge name, so a changed prompt never reuses another prompt's verdicts)."""
+    name = f"{kind}:{backend.name}"
+    if template != PairwiseTemplate():
+        digest = hashlib.sha256(json.dumps(asdict(template), sort_keys=True).encode()).hexdigest()[:8]
+        name += f"+template-{digest}"
+    return name
 
 
 def _chat_scoring(backend: Backend) -> bool:
@@ -105,7 +120,7 @@ class LogprobJudge:
         self.backend = backend
         self.template = template or PairwiseTemplate()
         self.chat = _chat_scoring(backend)  # else a text prompt, labels with a leading space
-        self.name = f"logprob:{backend.name}"
+        self.name = _judge_name("logprob", backend, self.template)
 
     def prefer(self, triples: Sequence[Triple], *, negated: bool = False) -> list[float]:
         """P(a better than b) per triple (P(a worse) when ``negated``); nan when both labels score -inf."""
@@ -152,8 +167,8 @@ def parse_verdict(text: str, label_a: str = "A", label_b: str = "B") -> float:
     letters = {
         m.group(1) for m in re.finditer(_LETTER.format(a=re.escape(label_a), b=re.escape(label_b)), text)
     }
-    if _TIE.search(text) and not letters - {label_a, label_b}:
-        return 0.5 if not letters or len(letters) == 2 else math.nan
+    if _TIE.search(text) and len(letters) != 1:  # "a tie", "both A and B are equal"; not "B is equally ..."
+        return 0.5
     return math.nan
 
 
@@ -168,7 +183,7 @@ class VerdictJudge:
         self.backend = backend
         self.template = template or PairwiseTemplate()
         self.max_new_tokens = max_new_tokens
-        self.name = f"verdict:{backend.name}"
+        self.name = _judge_name("verdict", backend, self.template)
         self.last_raw: list[str] = []  # the raw replies of the last call (to inspect invalid ones)
 
     def prefer(self, triples: Sequence[Triple], *, negated: bool = False) -> list[float]:
@@ -230,7 +245,10 @@ def _key(question: str, a: str, b: str, negated: bool) -> str:
 class CachedJudge:
     """Each (question, a, b, negated) is asked once; ``calls`` counts the verdicts really asked of ``judge``
     and ``invalid`` the nan ones among them. With ``path``, verdicts are appended to a JSONL file (one object
-    per verdict: judge, question, a, b, negated, p with null for nan) and read back on the next start."""
+    per verdict: judge, question, a, b, negated, p with null for nan) and read back on the next start.
+
+    The file is keyed by the judge's name (model name, plus a template hash): use one file per set of weights,
+    e.g. a new path for a fine-tuned model saved under the same name."""
 
     def __init__(self, judge: PairwiseJudge, path: str | Path | None = None) -> None:
         self.judge = judge

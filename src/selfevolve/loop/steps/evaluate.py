@@ -12,7 +12,12 @@ from selfevolve.acquire.trace import token_counter
 from selfevolve.errors import SelfEvolveError
 from selfevolve.evaluate.acr_targets import Target
 from selfevolve.evaluate.consistency import METRICS as CONSISTENCY_METRICS
-from selfevolve.evaluate.consistency import ConsistencyConfig, load_item_sets, measure_consistency
+from selfevolve.evaluate.consistency import (
+    NUMBERS_SPEC,
+    ConsistencyConfig,
+    item_sets_from,
+    measure_consistency,
+)
 from selfevolve.evaluate.gcg import GCGConfig
 from selfevolve.evaluate.general import GENERAL_QUESTIONS, GENERAL_TEXTS
 from selfevolve.evaluate.humaneval import load_humaneval
@@ -262,23 +267,22 @@ class JudgeConsistency:
     PHASE: ClassVar[str] = "evaluate"
     METRICS: ClassVar[tuple[str, ...]] = (*CONSISTENCY_METRICS, "invalid_rate")
 
-    items: str = ""  # JSONL: question, items, optional gold (see selfevolve judge-consistency)
+    items: str = "numbers:4:0"  # JSONL (question, items, optional gold) or numbers:COUNT:SEED (generated)
     kind: str = "logprob"  # logprob (label probabilities) or verdict (the written A / B)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
 
     def __post_init__(self) -> None:
-        if not self.items:
-            raise SelfEvolveError(
-                "judge_consistency needs items: a JSONL file of item sets (question, items, gold)"
+        if not NUMBERS_SPEC.match(self.items):
+            self.items = existing_path(
+                self.items, "judge_consistency.items", "pass a JSONL file of item sets or numbers:COUNT:SEED"
             )
-        self.items = existing_path(self.items, "judge_consistency.items", "pass a JSONL file of item sets")
         if self.kind not in KINDS:
             raise SelfEvolveError(f"judge_consistency.kind is {self.kind!r}; use one of {', '.join(KINDS)}")
-        load_item_sets(self.items)  # a malformed file fails when the run is configured, not hours later
+        item_sets_from(self.items)  # a malformed file fails when the run is configured, not hours later
 
     def run(self, state: LoopState) -> StepResult:
         judge = VerdictJudge(state.model) if self.kind == "verdict" else LogprobJudge(state.model)
-        report = measure_consistency(judge, load_item_sets(self.items), self.consistency, progress=False)
+        report = measure_consistency(judge, item_sets_from(self.items), self.consistency, progress=False)
         metrics = {
             name: math.nan
             if name not in report.metrics or report.metrics[name].value is None
