@@ -19,7 +19,7 @@ sort made; plus training examples and seconds. Judge verdicts are the LogprobJud
 forward pass per pair (``update.judge_tuning.label_margins``, equal to LogprobJudge to 1e-5; tested).
 
     selfevolve bench consistency [--train-sets 4] [--heldout-sets 3] [--items 5] [--heldout-items 6]
-        [--epochs 1] [--lr 2e-3] [--noise 0.1] [--skip-self] [--skip-noise]
+        [--epochs 1] [--lr 2e-3] [--noise 0.1] [--skip-self] [--skip-noise] [--skip-plain]
 
 Default sizing: 19 min with one torch thread on a 2-core machine shared with ~6 other jobs (load 7-8).
 """
@@ -100,6 +100,12 @@ def plain_pairs(item_set: ItemSet, labels: list[Label]) -> list[JudgeLabel]:
     return out
 
 
+def _mean_first(judge: CachedJudge, *, negated: bool) -> float:
+    """The mean verdict P(A) over the cached verdicts of one polarity (keys end with the negated flag)."""
+    values = [v for key, v in judge.cache.items() if key.endswith(f"{str(negated).lower()}]")]
+    return sum(values) / len(values) if values else math.nan
+
+
 def evaluate(name: str, model, heldout: list[ItemSet], k: int) -> dict:
     """The consistency metrics and merge-sort ranking of ``model``'s judge on the held-out sets."""
     began = time.perf_counter()
@@ -119,6 +125,11 @@ def evaluate(name: str, model, heldout: list[ItemSet], k: int) -> dict:
         "sort_calls_one": one.calls,
         "sort_calls_both": both.calls,
         "invalid": report.invalid,
+        "tie_rate": report.tie_rate,
+        "p_first_mean": _mean_first(
+            judge, negated=False
+        ),  # mean P(A): 0.5 and below = no first-position bias
+        "p_first_mean_negated": _mean_first(judge, negated=True),
         "judge_calls": report.calls,
         "eval_s": round(time.perf_counter() - began, 1),
     }
@@ -157,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         "--skip-self", action="store_true", help="leave out REPAIR from the judge's own labels"
     )
     parser.add_argument("--skip-noise", action="store_true", help="leave out the noisy-label setting")
+    parser.add_argument("--skip-plain", action="store_true", help="noisy setting: only the REPAIR judge")
     parser.add_argument("--out", default="results")
     args = parser.parse_args(argv)
     began = time.perf_counter()
@@ -182,10 +194,11 @@ def main(argv: list[str] | None = None) -> None:
             (p == 1.0) != (s.gold[i] > s.gold[j]) for s, ls in zip(train_sets, noisy) for i, j, p in ls
         )
         print(f"noise: {flipped} of {sum(map(len, noisy))} gold labels flipped", flush=True)
-        plain = [p for s, ls in zip(train_sets, noisy) for p in plain_pairs(s, ls)]
-        model, info = tuned(base, "noisy-plain", plain, config)
-        rows.append(evaluate("noisy-plain", model, heldout, args.k) | info | {"flipped": flipped})
-        del model
+        if not args.skip_plain:
+            plain = [p for s, ls in zip(train_sets, noisy) for p in plain_pairs(s, ls)]
+            model, info = tuned(base, "noisy-plain", plain, config)
+            rows.append(evaluate("noisy-plain", model, heldout, args.k) | info | {"flipped": flipped})
+            del model
         fixed = [
             p
             for s, ls in zip(train_sets, noisy)
