@@ -24,9 +24,10 @@ from selfevolve.loop.steps.refine import (
     CodeJudgeFilter,
     ExecutionFilter,
     GroundingFilter,
+    JudgeRepair,
     SourceAwareCleaning,
 )
-from selfevolve.loop.steps.update import CORY, PPO, SFT, RepairSFT, SelfParam
+from selfevolve.loop.steps.update import CORY, PPO, SFT, JudgeTuning, RepairSFT, SelfParam
 
 STEPS: dict[str, type] = {
     "fictional_documents": FictionalDocuments,
@@ -38,11 +39,13 @@ STEPS: dict[str, type] = {
     "execution_filter": ExecutionFilter,
     "codejudge_filter": CodeJudgeFilter,
     "sac": SourceAwareCleaning,
+    "judge_repair": JudgeRepair,
     "selfparam": SelfParam,
     "sft": SFT,
     "repair_sft": RepairSFT,
     "ppo": PPO,
     "cory": CORY,
+    "judge_tuning": JudgeTuning,
     "heldout_qa": HeldoutQA,
     "retention": Retention,
     "repair_fix_rate": RepairFixRate,
