@@ -19,6 +19,9 @@ from selfevolve.cli import (
     evolve,
     exec_,
     generate,
+    ih_data,
+    ih_eval,
+    ih_train,
     inject,
     judge_code,
     models,
@@ -52,6 +55,9 @@ COMMANDS = (
     (acr.main, "acr"),
     (evolve.main, "evolve"),
     (report.main, "report"),
+    (ih_data.main, "ih-data"),
+    (ih_train.main, "ih-train"),
+    (ih_eval.main, "ih-eval"),
 )
 for command, name in COMMANDS:
     app.command(name)(command)
