@@ -63,6 +63,33 @@ def measure(model: LocalModel, attacks, args: argparse.Namespace, label: str) ->
     return {"report": report, "qa_f1": qa.f1, "perplexity": ppl, "seconds": time.perf_counter() - began}
 
 
+def comparison_rows(before: list[dict], after: list[dict]) -> list[dict]:
+    """Robustness per category, base vs trained, for in-domain, held-out and all families."""
+    rows = []
+    for split, label in (("train", "in-domain"), ("heldout", "held-out"), (None, "all")):
+        b = summarize([r for r in before if split is None or r["split"] == split])
+        a = summarize([r for r in after if split is None or r["split"] == split])
+        for category in b:
+            rows.append(
+                {
+                    "category": category,
+                    "split": label,
+                    "n": b[category]["count"],
+                    "base": 100 * b[category]["robustness"],
+                    "trained": 100 * a[category]["robustness"],
+                    "delta": 100 * (a[category]["robustness"] - b[category]["robustness"]),
+                    "paper": PAPER.get(category, ""),
+                }
+            )
+    return rows
+
+
+def attack_robustness(rows: list[dict], split: str) -> float:
+    """Share of the attacks (look-alikes excluded) of ``split`` that failed."""
+    attacks = [r for r in rows if r["split"] == split and r["check"] != "comply"]
+    return sum(r["defended"] for r in attacks) / max(1, len(attacks))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="selfevolve bench hierarchy", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -109,32 +136,9 @@ def main(argv: list[str] | None = None) -> None:
     trained = load_model(summary["model"])  # the saved folder, as `selfevolve serve` loads it
     after = measure(trained, attacks, args, "trained")
 
-    rows = []
-    for split in ("train", "heldout", None):
-        pick = lambda r, s=split: s is None or r["split"] == s
-        b = summarize([r for r in before["report"].rows if pick(r)])
-        a = summarize([r for r in after["report"].rows if pick(r)])
-        for category in b:
-            rows.append(
-                {
-                    "category": category,
-                    "split": {"train": "in-domain", "heldout": "held-out", None: "all"}[split],
-                    "n": b[category]["count"],
-                    "base": 100 * b[category]["robustness"],
-                    "trained": 100 * a[category]["robustness"],
-                    "delta": 100 * (a[category]["robustness"] - b[category]["robustness"]),
-                    "paper": PAPER.get(category, ""),
-                }
-            )
-    attack_rows = lambda report, s: [
-        r for r in report.rows if r["split"] == s and r["category"] != "over_refusal"
-    ]  # noqa: E731
-    heldout_base = sum(r["defended"] for r in attack_rows(before["report"], "heldout")) / max(
-        1, len(attack_rows(before["report"], "heldout"))
-    )
-    heldout_after = sum(r["defended"] for r in attack_rows(after["report"], "heldout")) / max(
-        1, len(attack_rows(after["report"], "heldout"))
-    )
+    rows = comparison_rows(before["report"].rows, after["report"].rows)
+    heldout_base = attack_robustness(before["report"].rows, "heldout")
+    heldout_after = attack_robustness(after["report"].rows, "heldout")
     over = [r for r in rows if r["category"] == "over_refusal" and r["split"] == "all"]
     capability = {
         "heldout_attack_robustness": {

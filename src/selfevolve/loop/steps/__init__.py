@@ -9,13 +9,20 @@ from __future__ import annotations
 from selfevolve.loop.steps.acquire import (
     Documents,
     FictionalDocuments,
+    HierarchyData,
     RepairProblems,
     SampleRepairs,
     SynthesizeQA,
 )
-from selfevolve.loop.steps.evaluate import HeldoutQA, InjectedMemorization, RepairFixRate, Retention
+from selfevolve.loop.steps.evaluate import (
+    HeldoutQA,
+    HierarchyRobustness,
+    InjectedMemorization,
+    RepairFixRate,
+    Retention,
+)
 from selfevolve.loop.steps.refine import CodeJudgeFilter, ExecutionFilter, GroundingFilter
-from selfevolve.loop.steps.update import SFT, RepairSFT, SelfParam
+from selfevolve.loop.steps.update import SFT, HierarchySFT, RepairSFT, SelfParam
 
 STEPS: dict[str, type] = {
     "fictional_documents": FictionalDocuments,
@@ -33,4 +40,7 @@ STEPS: dict[str, type] = {
     "retention": Retention,
     "repair_fix_rate": RepairFixRate,
     "acr": InjectedMemorization,
+    "hierarchy_data": HierarchyData,
+    "hierarchy_sft": HierarchySFT,
+    "hierarchy_robustness": HierarchyRobustness,
 }
