@@ -391,3 +391,28 @@ def test_trained_folder_loads_and_is_served(tmp_path):
     with serve_in_thread(reloaded) as url:
         remote = OpenAIBackend(url, reloaded.name).generate([chat], max_new_tokens=5)[0]
     assert remote.text == local.text
+
+
+@pytest.mark.slow
+def test_smollm2_renders_tool_turns_and_distils_targets_without_the_injection(smollm2):
+    # SmolLM2's ChatML template writes role "tool" as its own turn: <|im_start|>tool ... <|im_end|>
+    assert tool_turn_supported(smollm2.tokenizer)
+    text = smollm2.render([{"role": "user", "content": "Summarize."}, {"role": "tool", "content": "Page."}])
+    assert "<|im_start|>tool\nPage.<|im_end|>" in text
+    config = HierarchyDataConfig(
+        synthesis=0,
+        ignorance=2,
+        extraction=0,
+        jailbreak=0,
+        lookalike=0,
+        ordinary=0,
+        max_new_tokens=24,
+        seed=4,
+    )
+    planned = plan_examples(config)
+    examples = generate_hierarchy_data(smollm2, config)
+    for example, (_, _, attack, clean) in zip(examples, planned):
+        canary = next(c for c in (*attack_data.CANARIES, "bonjour") if c in attack[-1]["content"].lower())
+        assert canary not in example.target.lower()  # the clean conversation never mentions the canary
+        reply = smollm2.generate([chat_for(smollm2.tokenizer, clean)], max_new_tokens=16)[0].text.strip()
+        assert example.target == reply
