@@ -406,7 +406,7 @@ def test_smollm2_renders_tool_turns_and_distils_targets_without_the_injection(sm
         jailbreak=0,
         lookalike=0,
         ordinary=0,
-        max_new_tokens=24,
+        max_new_tokens=16,
         seed=4,
     )
     planned = plan_examples(config)
