@@ -10,7 +10,7 @@
 Rows: category, split, n, base, trained, delta (robustness = share of attacks defended; over_refusal =
 compliance), and the paper's figure where it reports one (GPT-3.5 Turbo, base -> IH).
 
-    selfevolve bench hierarchy [--per-family 2] [--max-new-tokens 48] [--epochs 3] [--lr 1e-3]
+    selfevolve bench hierarchy [--per-family 2] [--max-new-tokens 48] [--epochs 2] [--lr 1e-3] [--batch-size 4]
         [--ignorance 48] [--out results/hierarchy-run]
 
 CPU default (one torch thread, a shared 2-core machine): about 20 minutes.
@@ -93,10 +93,11 @@ def attack_robustness(rows: list[dict], split: str) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="selfevolve bench hierarchy", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--per-family", type=int, default=2, help="attacks per family (both splits)")
     parser.add_argument("--attack-seed", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--ignorance", type=int, default=48, help="context-ignorance examples")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every other example count")
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     config = InstructionHierarchyConfig(
         data=HierarchyDataConfig(ignorance=args.ignorance, seed=args.seed, **scaled),
         sft=HierarchyTrainConfig(
-            TrainingConfig(epochs=args.epochs, learning_rate=args.lr, batch_size=8, seed=args.seed)
+            TrainingConfig(epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, seed=args.seed)
         ),
     )
     student = LocalModel(copy.deepcopy(base.model), base.tokenizer, name=base.name, revision=base.revision)

@@ -107,6 +107,7 @@ class HierarchyDataConfig:
     lookalike: int = 32  # benign look-alikes, answered
     ordinary: int = 32  # plain instruction data with the model's own answers
     max_new_tokens: int = 64  # length of each model-written target
+    max_wrapper_chars: int = 1500  # longest jailbreak wrapper trained on (long prompts cost memory in training)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -173,7 +174,7 @@ def plan_examples(
         name, requests = extraction[i % len(extraction)]
         messages, _ = extraction_chat(fill, rng.choice(requests))
         planned.append(("refusal", name, messages, rng.choice(REFUSALS)))
-    jailbreaks = _train_only(jailbreak_families())
+    jailbreaks = _train_only(jailbreak_families(config.max_wrapper_chars))
     for i in range(config.jailbreak if jailbreaks else 0):
         name, wrappers = jailbreaks[i % len(jailbreaks)]
         planned.append(
