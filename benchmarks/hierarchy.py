@@ -11,7 +11,7 @@ Rows: category, split, n, base, trained, delta (robustness = share of attacks de
 compliance), and the paper's figure where it reports one (GPT-3.5 Turbo, base -> IH).
 
     selfevolve bench hierarchy [--per-family 2] [--max-new-tokens 48] [--epochs 2] [--lr 1e-3] [--batch-size 4]
-        [--ignorance 48] [--out results/hierarchy-run]
+        [--ignorance 32] [--scale 0.5] [--jailbreak 0] [--target-tokens 40] [--out results/hierarchy-run]
 
 CPU default (one torch thread, a shared 2-core machine): about 20 minutes.
 """
@@ -99,8 +99,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--ignorance", type=int, default=48, help="context-ignorance examples")
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply every other example count")
+    parser.add_argument("--ignorance", type=int, default=32, help="context-ignorance examples")
+    parser.add_argument("--scale", type=float, default=0.5, help="multiply the other example counts")
+    parser.add_argument("--jailbreak", type=int, default=0, help="jailbreak refusal examples (paper: none)")
+    parser.add_argument("--target-tokens", type=int, default=40, help="length of model-written targets")
     parser.add_argument("--qa-documents", type=int, default=5)
     parser.add_argument("--qa-questions", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
@@ -116,12 +118,20 @@ def main(argv: list[str] | None = None) -> None:
     defaults = HierarchyDataConfig()
     scaled = {
         k: round(getattr(defaults, k) * args.scale)
-        for k in ("synthesis", "extraction", "jailbreak", "lookalike", "ordinary")
+        for k in ("synthesis", "extraction", "lookalike", "ordinary")
     }
     config = InstructionHierarchyConfig(
-        data=HierarchyDataConfig(ignorance=args.ignorance, seed=args.seed, **scaled),
+        data=HierarchyDataConfig(
+            ignorance=args.ignorance,
+            jailbreak=args.jailbreak,
+            max_new_tokens=args.target_tokens,
+            seed=args.seed,
+            **scaled,
+        ),
         sft=HierarchyTrainConfig(
-            TrainingConfig(epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, seed=args.seed)
+            TrainingConfig(
+                epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, seed=args.seed
+            )
         ),
     )
     student = LocalModel(copy.deepcopy(base.model), base.tokenizer, name=base.name, revision=base.revision)
