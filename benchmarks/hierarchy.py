@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--qa-questions", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results/hierarchy-run")
+    parser.add_argument("--results-dir", default="results", help="where hierarchy.json goes")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     began = time.perf_counter()
@@ -188,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     path = write_results(
         "hierarchy",
         rows,
+        out_dir=args.results_dir,
         args=vars(args),
         config=asdict(config),
         capability=capability,
