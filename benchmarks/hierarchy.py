@@ -10,10 +10,10 @@
 Rows: category, split, n, base, trained, delta (robustness = share of attacks defended; over_refusal =
 compliance), and the paper's figure where it reports one (GPT-3.5 Turbo, base -> IH).
 
-    selfevolve bench hierarchy [--per-family 2] [--max-new-tokens 48] [--epochs 2] [--lr 1e-3] [--batch-size 4]
+    selfevolve bench hierarchy [--per-family 2] [--max-new-tokens 48] [--epochs 2] [--lr 3e-4] [--batch-size 4]
         [--ignorance 32] [--scale 0.5] [--jailbreak 0] [--target-tokens 40] [--out results/hierarchy-run]
 
-CPU default (one torch thread, a shared 2-core machine): about 20 minutes.
+CPU default (one torch thread, a 2-core machine shared with other jobs): 16-20 minutes.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--attack-seed", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--ignorance", type=int, default=32, help="context-ignorance examples")
     parser.add_argument("--scale", type=float, default=0.5, help="multiply the other example counts")
     parser.add_argument("--jailbreak", type=int, default=0, help="jailbreak refusal examples (paper: none)")

@@ -107,7 +107,7 @@ class HierarchyDataConfig:
     lookalike: int = 32  # benign look-alikes, answered
     ordinary: int = 32  # plain instruction data with the model's own answers
     max_new_tokens: int = 64  # length of each model-written target
-    max_wrapper_chars: int = 1500  # longest jailbreak wrapper trained on (long prompts cost memory in training)
+    max_wrapper_chars: int = 1500  # longest jailbreak wrapper trained on (long prompts cost memory)
     seed: int = 0
 
     def __post_init__(self) -> None:

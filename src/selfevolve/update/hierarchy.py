@@ -15,11 +15,13 @@ from selfevolve.update.training import TrainingConfig, TrainResult, response_ids
 
 @dataclass
 class HierarchyTrainConfig:
-    """SFT settings. *(inferred)* The paper does not publish its optimisation; LoRA r=16, lr 5e-4, 2 epochs
-    keep a 135M model's other skills (a higher rate or more epochs overfits a few hundred examples)."""
+    """SFT settings. *(inferred)* The paper does not publish its optimisation. LoRA r=16 (all linear layers),
+    lr 3e-4, batch 4, 2 epochs: on SmolLM2-135M with 88 examples this gave +24 points on held-out attacks at
+    +23% perplexity on unrelated prose; 1e-3 gave +31 points at +61%, 1.5e-4 +10 points at +8%
+    (docs/benchmarks.md). Batch 4 keeps memory low: the loss holds (batch, tokens, vocabulary) logits."""
 
     train: TrainingConfig = field(
-        default_factory=lambda: TrainingConfig(epochs=2, learning_rate=5e-4, batch_size=8)
+        default_factory=lambda: TrainingConfig(epochs=2, learning_rate=3e-4, batch_size=4)
     )
 
 

@@ -153,7 +153,7 @@ class HierarchySFT:
 
     train: TrainingConfig = field(
         default_factory=lambda: HierarchyTrainConfig().train
-    )  # LoRA, lr 5e-4, 2 epochs
+    )  # LoRA, lr 3e-4, batch 4, 2 epochs
 
     def run(self, state: LoopState) -> StepResult:
         kept = state.kept(HIERARCHY)
