@@ -9,12 +9,14 @@ from __future__ import annotations
 from selfevolve.loop.steps.acquire import (
     Documents,
     FictionalDocuments,
+    HierarchyData,
     RepairProblems,
     SampleRepairs,
     SynthesizeQA,
 )
 from selfevolve.loop.steps.evaluate import (
     HeldoutQA,
+    HierarchyRobustness,
     InjectedMemorization,
     JudgeConsistency,
     RepairFixRate,
@@ -27,7 +29,7 @@ from selfevolve.loop.steps.refine import (
     JudgeRepair,
     SourceAwareCleaning,
 )
-from selfevolve.loop.steps.update import CORY, PPO, SFT, JudgeTuning, RepairSFT, SelfParam
+from selfevolve.loop.steps.update import CORY, PPO, SFT, HierarchySFT, JudgeTuning, RepairSFT, SelfParam
 
 STEPS: dict[str, type] = {
     "fictional_documents": FictionalDocuments,
@@ -35,6 +37,7 @@ STEPS: dict[str, type] = {
     "synthesize_qa": SynthesizeQA,
     "repair_problems": RepairProblems,
     "sample_repairs": SampleRepairs,
+    "hierarchy_data": HierarchyData,
     "grounding_filter": GroundingFilter,
     "execution_filter": ExecutionFilter,
     "codejudge_filter": CodeJudgeFilter,
@@ -46,9 +49,11 @@ STEPS: dict[str, type] = {
     "ppo": PPO,
     "cory": CORY,
     "judge_tuning": JudgeTuning,
+    "hierarchy_sft": HierarchySFT,
     "heldout_qa": HeldoutQA,
     "retention": Retention,
     "repair_fix_rate": RepairFixRate,
     "acr": InjectedMemorization,
     "judge_consistency": JudgeConsistency,
+    "hierarchy_robustness": HierarchyRobustness,
 }

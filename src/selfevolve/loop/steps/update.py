@@ -4,6 +4,7 @@ one until the evaluation's guards accept the update."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -11,11 +12,19 @@ from selfevolve.acquire.knowledge import load_documents
 from selfevolve.errors import SelfEvolveError
 from selfevolve.loop.repair import answer_target, repair_prompt
 from selfevolve.loop.state import LoopState, StepResult, clone_model, existing_path
-from selfevolve.loop.steps.acquire import QA, REPAIR, REPAIR_PROBLEM, repair_problem, stored_documents
+from selfevolve.loop.steps.acquire import (
+    HIERARCHY,
+    QA,
+    REPAIR,
+    REPAIR_PROBLEM,
+    repair_problem,
+    stored_documents,
+)
 from selfevolve.loop.steps.refine import JUDGE_PAIR
 from selfevolve.records import JudgeLabel, SynthesizedItem
 from selfevolve.store import Decision, Experience
 from selfevolve.update.cory import CORYConfig
+from selfevolve.update.hierarchy import HierarchyTrainConfig, train_hierarchy
 from selfevolve.update.judge_tuning import JudgeTuningConfig, tune_judge
 from selfevolve.update.rl import RLConfig, final_summary, merge_adapter, run_rl
 from selfevolve.update.selfparam import SelfParamConfig, inject
@@ -211,4 +220,32 @@ class JudgeTuning:
         ]
         model = clone_model(state.model)
         trained = tune_judge(model, labels, JudgeTuningConfig(train=self.train))
+        return _result(model, kept, trained)
+
+
+@dataclass
+class _Conversation:
+    messages: list[dict]
+    target: str
+
+
+@dataclass
+class HierarchySFT:
+    """Instruction-hierarchy fine-tuning on the kept ``hierarchy`` experiences (cross-entropy on the target,
+    LoRA merged; https://arxiv.org/abs/2404.13208)."""
+
+    PHASE: ClassVar[str] = "update"
+    METRICS: ClassVar[tuple[str, ...]] = ()
+
+    train: TrainingConfig = field(
+        default_factory=lambda: HierarchyTrainConfig().train
+    )  # LoRA, lr 3e-4, batch 4, 2 epochs
+
+    def run(self, state: LoopState) -> StepResult:
+        kept = state.kept(HIERARCHY)
+        if not kept:
+            return StepResult(summary={"skipped": "no kept hierarchy experience to train on"})
+        model = clone_model(state.model)
+        conversations = [_Conversation(json.loads(e.prompt), e.response) for e in kept]
+        trained = train_hierarchy(model, conversations, HierarchyTrainConfig(train=self.train))
         return _result(model, kept, trained)
