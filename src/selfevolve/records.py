@@ -25,6 +25,18 @@ class Document:
 
 
 @dataclass(frozen=True)
+class JudgeLabel:
+    """A pairwise judge training label: ``target`` is the probability the judge should give that ``a`` answers
+    ``question`` (is better; is worse when ``negated``, the question turned into "which is worse?")."""
+
+    question: str
+    a: str
+    b: str
+    target: float
+    negated: bool = False
+
+
+@dataclass(frozen=True)
 class SynthesizedItem:
     """One training experience: the student's prompt text (no document), the target text, its provenance."""
 

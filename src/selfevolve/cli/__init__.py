@@ -20,6 +20,9 @@ from selfevolve.cli import (
     evolve,
     exec_,
     generate,
+    ih_data,
+    ih_eval,
+    ih_train,
     inject,
     judge_code,
     judge_consistency,
@@ -58,6 +61,9 @@ COMMANDS = (
     (evolve.main, "evolve"),
     (report.main, "report"),
     (rl.main, "rl"),
+    (ih_data.main, "ih-data"),
+    (ih_train.main, "ih-train"),
+    (ih_eval.main, "ih-eval"),
 )
 for command, name in COMMANDS:
     app.command(name)(command)

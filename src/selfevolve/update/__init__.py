@@ -18,6 +18,8 @@ _EXPORTS = {
     "build_teacher_cache": "selfevolve.update.selfparam",
     "SFTConfig": "selfevolve.update.sft",
     "finetune": "selfevolve.update.sft",
+    "JudgeTuningConfig": "selfevolve.update.judge_tuning",
+    "tune_judge": "selfevolve.update.judge_tuning",
     "TrainingConfig": "selfevolve.update.training",
     "TrainResult": "selfevolve.update.training",
     "train": "selfevolve.update.training",
@@ -33,6 +35,7 @@ _EXPORTS = {
 
 if TYPE_CHECKING:
     from selfevolve.update.cory import CORYConfig
+    from selfevolve.update.judge_tuning import JudgeTuningConfig, tune_judge
     from selfevolve.update.losses import ContinuationCrossEntropy, ForwardKLLoss, TopKForwardKLLoss
     from selfevolve.update.ppo import PPOConfig
     from selfevolve.update.rewards import load_task

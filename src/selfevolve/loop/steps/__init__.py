@@ -9,12 +9,14 @@ from __future__ import annotations
 from selfevolve.loop.steps.acquire import (
     Documents,
     FictionalDocuments,
+    HierarchyData,
     RepairProblems,
     SampleRepairs,
     SynthesizeQA,
 )
 from selfevolve.loop.steps.evaluate import (
     HeldoutQA,
+    HierarchyRobustness,
     InjectedMemorization,
     JudgeConsistency,
     RepairFixRate,
@@ -24,9 +26,10 @@ from selfevolve.loop.steps.refine import (
     CodeJudgeFilter,
     ExecutionFilter,
     GroundingFilter,
+    JudgeRepair,
     SourceAwareCleaning,
 )
-from selfevolve.loop.steps.update import CORY, PPO, SFT, RepairSFT, SelfParam
+from selfevolve.loop.steps.update import CORY, PPO, SFT, HierarchySFT, JudgeTuning, RepairSFT, SelfParam
 
 STEPS: dict[str, type] = {
     "fictional_documents": FictionalDocuments,
@@ -34,18 +37,23 @@ STEPS: dict[str, type] = {
     "synthesize_qa": SynthesizeQA,
     "repair_problems": RepairProblems,
     "sample_repairs": SampleRepairs,
+    "hierarchy_data": HierarchyData,
     "grounding_filter": GroundingFilter,
     "execution_filter": ExecutionFilter,
     "codejudge_filter": CodeJudgeFilter,
     "sac": SourceAwareCleaning,
+    "judge_repair": JudgeRepair,
     "selfparam": SelfParam,
     "sft": SFT,
     "repair_sft": RepairSFT,
     "ppo": PPO,
     "cory": CORY,
+    "judge_tuning": JudgeTuning,
+    "hierarchy_sft": HierarchySFT,
     "heldout_qa": HeldoutQA,
     "retention": Retention,
     "repair_fix_rate": RepairFixRate,
     "acr": InjectedMemorization,
     "judge_consistency": JudgeConsistency,
+    "hierarchy_robustness": HierarchyRobustness,
 }

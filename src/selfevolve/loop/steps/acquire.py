@@ -8,9 +8,16 @@ synthesized item as one of task ``qa`` whose parent is its document; a repair pr
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import json
+from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
+from selfevolve.acquire.hierarchy import (
+    SEED_TASKS,
+    HierarchyDataConfig,
+    generate_hierarchy_data,
+    load_seed_tasks,
+)
 from selfevolve.acquire.knowledge import fictional_knowledge, load_documents, load_questions
 from selfevolve.acquire.synthesize import SynthesisConfig, synthesize
 from selfevolve.acquire.trace import token_counter
@@ -32,6 +39,7 @@ from selfevolve.store import Experience
 
 DOCUMENT = "document"
 QA = "qa"
+HIERARCHY = "hierarchy"
 
 
 def _document_experiences(documents: list[Document], questions: list[QAItem], step: str) -> StepResult:
@@ -277,3 +285,41 @@ class SampleRepairs:
                 )
             )
         return StepResult(experiences=experiences, summary={"samples": len(experiences)})
+
+
+@dataclass
+class HierarchyData:
+    """Instruction-hierarchy training conversations written with the model (context synthesis, context
+    ignorance by distillation, refusals, look-alikes, ordinary data; https://arxiv.org/abs/2404.13208).
+    Each is an experience of task ``hierarchy``: prompt = the conversation as JSON, response = the target."""
+
+    PHASE: ClassVar[str] = "acquire"
+    METRICS: ClassVar[tuple[str, ...]] = ()
+
+    data: HierarchyDataConfig = field(default_factory=HierarchyDataConfig)
+    seed_tasks: str = ""  # optional JSONL of seed tasks ('task' field); default: the built-in ones
+
+    def __post_init__(self) -> None:
+        self.seed_tasks = existing_path(self.seed_tasks, "seed_tasks")
+
+    def run(self, state: LoopState) -> StepResult:
+        tasks = load_seed_tasks(self.seed_tasks) if self.seed_tasks else SEED_TASKS
+        config = HierarchyDataConfig(**{**asdict(self.data), "seed": self.data.seed + state.seed})
+        examples = generate_hierarchy_data(state.model, config, tasks)
+        experiences = [
+            Experience(
+                run_id="",
+                task=HIERARCHY,
+                prompt=json.dumps(list(e.messages)),
+                response=e.target,
+                phase="acquire",
+                method="hierarchy_data",
+                model_revision=state.model.revision,
+                metadata={"kind": e.kind, "family": e.family},
+            )
+            for e in examples
+        ]
+        kinds: dict[str, int] = {}
+        for e in examples:
+            kinds[e.kind] = kinds.get(e.kind, 0) + 1
+        return StepResult(experiences=experiences, summary={"examples": len(examples), "kinds": kinds})

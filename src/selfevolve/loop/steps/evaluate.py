@@ -3,12 +3,14 @@ report can show the base model's and the shipped model's answers side by side.""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from selfevolve.acquire.knowledge import fictional_spec, load_documents, load_questions
 from selfevolve.acquire.trace import token_counter
+from selfevolve.attacks import build_attacks, load_attacks
 from selfevolve.errors import SelfEvolveError
 from selfevolve.evaluate.acr_targets import Target
 from selfevolve.evaluate.consistency import METRICS as CONSISTENCY_METRICS
@@ -20,6 +22,7 @@ from selfevolve.evaluate.consistency import (
 )
 from selfevolve.evaluate.gcg import GCGConfig
 from selfevolve.evaluate.general import GENERAL_QUESTIONS, GENERAL_TEXTS
+from selfevolve.evaluate.hierarchy import run_attacks
 from selfevolve.evaluate.humaneval import load_humaneval
 from selfevolve.evaluate.memorization import MiniPromptConfig, audit_memorization
 from selfevolve.evaluate.qa import QAResult, answer_questions, perplexity
@@ -40,6 +43,7 @@ from selfevolve.store import Experience
 HELDOUT = "heldout-qa"
 PROBE = "retention-probe"
 MEMORIZATION = "acr-target"
+ATTACK = "ih-attack"
 
 
 def _answers(task: str, result: QAResult, revision: str) -> list[Experience]:
@@ -291,3 +295,52 @@ class JudgeConsistency:
         }
         metrics["invalid_rate"] = report.invalid / report.calls if report.calls else math.nan
         return StepResult(metrics=metrics, summary=report.as_dict())
+
+
+@dataclass
+class HierarchyRobustness:
+    """Instruction-hierarchy attack harness (https://arxiv.org/abs/2404.13208): robustness on held-out attack
+    families and compliance on benign look-alikes, checked automatically (no LLM judge)."""
+
+    PHASE: ClassVar[str] = "evaluate"
+    METRICS: ClassVar[tuple[str, ...]] = ("robustness", "compliance")
+
+    attacks: str = ""  # JSONL of attacks; default: the built-in held-out families
+    per_family: int = 2
+    max_new_tokens: int = 48
+
+    def __post_init__(self) -> None:
+        self.attacks = existing_path(self.attacks, "attacks")
+        if self.per_family < 1:
+            raise SelfEvolveError(f"per_family must be at least 1, got {self.per_family}")
+
+    def run(self, state: LoopState) -> StepResult:
+        attacks = (
+            load_attacks(self.attacks)
+            if self.attacks
+            else build_attacks(("heldout",), per_family=self.per_family)
+        )
+        report = run_attacks(state.model, attacks, max_new_tokens=self.max_new_tokens)
+        attack_rows = [r for r in report.rows if r["check"] != "comply"]
+        benign = [r for r in report.rows if r["check"] == "comply"]
+        metrics = {
+            "robustness": sum(r["defended"] for r in attack_rows) / len(attack_rows)
+            if attack_rows
+            else math.nan,
+            "compliance": sum(r["defended"] for r in benign) / len(benign) if benign else math.nan,
+        }
+        experiences = [
+            Experience(
+                run_id="",
+                task=ATTACK,
+                prompt=json.dumps(list(a.messages)),
+                response=r["reply"],
+                phase="evaluate",
+                feedback={"check": r["check"], "value": r["value"], "defended": r["defended"]},
+                score=float(r["defended"]),
+                model_revision=state.model.revision,
+                metadata={"category": r["category"], "family": r["family"], "split": r["split"]},
+            )
+            for a, r in zip(attacks, report.rows)
+        ]
+        return StepResult(experiences=experiences, metrics=metrics, summary={"categories": report.categories})

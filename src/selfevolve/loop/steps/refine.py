@@ -3,16 +3,21 @@ sees only what earlier filters of the iteration kept."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+from selfevolve.acquire.orderings import temporal_item_sets
 from selfevolve.acquire.synthesize import support
 from selfevolve.errors import SelfEvolveError
 from selfevolve.evaluate.codejudge import judge
-from selfevolve.loop.state import LoopState, StepResult
+from selfevolve.evaluate.consistency import load_item_sets
+from selfevolve.evaluate.ranking import spearman
+from selfevolve.loop.state import LoopState, StepResult, existing_path
 from selfevolve.loop.steps.acquire import QA, REPAIR, REPAIR_PROBLEM, repair_problem, stored_documents
 from selfevolve.prompts import normalize_answer
-from selfevolve.records import Candidate, Problem, Sample
+from selfevolve.records import Candidate, ItemSet, Problem, Sample
+from selfevolve.refine.rank import AGGREGATORS, repair_item_sets
 from selfevolve.sandbox.humaneval import evaluate_samples
 from selfevolve.store import Decision, Experience
 
@@ -182,8 +187,6 @@ class SourceAwareCleaning:
     mislabel_confidence: float = 0.6
 
     def __post_init__(self) -> None:
-        from selfevolve.loop.state import existing_path
-
         self.data = existing_path(self.data, "sac data", "pass an existing preference JSONL")
 
     def run(self, state: LoopState) -> StepResult:
@@ -254,3 +257,88 @@ class SourceAwareCleaning:
                 reason = f"{row.bucket} agreement" + (f", {row.category}" if row.category else "")
                 decisions.append(Decision(experience.id, row.action == "keep", f"{reason}: {row.action}"))
         return StepResult(experiences=experiences, decisions=decisions, summary=result.summary())
+
+
+JUDGE_PAIR = "judge-pair"
+"""Task of the training labels REPAIR derives: prompt = the question, metadata a, b, target, negated."""
+
+
+def item_sets_from(spec: str) -> list[ItemSet]:
+    """Item sets from a JSONL file, or ``temporal:SETS:ITEMS:SEED`` (dated events of a fictional set)."""
+    if spec.startswith("temporal:"):
+        parts = spec.removeprefix("temporal:").split(":")
+        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+            raise SelfEvolveError(
+                f"item-set spec {spec!r} is malformed; write temporal:SETS:ITEMS:SEED, e.g. temporal:8:5:0"
+            )
+        sets, items, seed = map(int, parts)
+        return temporal_item_sets(sets, items, seed=seed)
+    return load_item_sets(spec)
+
+
+@dataclass
+class JudgeRepair:
+    """REPAIR's refine step: the judge's labels on every ordered pair of each item set, aggregated into one
+    ranking per set, and every pair that ranking implies stored as a ``judge-pair`` experience (both orders,
+    optionally negated; https://arxiv.org/abs/2410.02205)."""
+
+    PHASE: ClassVar[str] = "refine"
+    METRICS: ClassVar[tuple[str, ...]] = ()
+
+    items: str = "temporal:8:5:0"  # a JSONL file of item sets, or temporal:SETS:ITEMS:SEED
+    method: str = "win_loss"  # the paper's default; bradley_terry or elo
+    negated: bool = True  # also derive the labels for the negated question ("which is worse?")
+    judge: str = (
+        ""  # a judge spec (model, http URL, module:function); empty: the current model's LogprobJudge
+    )
+
+    def __post_init__(self) -> None:
+        if self.method not in AGGREGATORS:
+            raise SelfEvolveError(f"unknown method {self.method!r}; use one of {', '.join(AGGREGATORS)}")
+        if not self.items:
+            raise SelfEvolveError(
+                "judge_repair needs items: a JSONL file of item sets or temporal:SETS:ITEMS:SEED"
+            )
+        if not self.items.startswith("temporal:"):
+            self.items = existing_path(self.items, "item-set file", "pass a JSONL file of item sets")
+
+    def run(self, state: LoopState) -> StepResult:
+        from selfevolve.judges.pairwise import LogprobJudge, load_judge
+
+        sets = item_sets_from(self.items)
+        judge = load_judge(self.judge) if self.judge else LogprobJudge(state.model)
+        repaired = repair_item_sets(judge, sets, method=self.method, negated=self.negated)
+        experiences, agreement = [], []
+        for item_set, result in zip(sets, repaired):
+            if item_set.gold is not None:
+                agreement.append(spearman(item_set.gold, result.order))
+            experiences += [
+                Experience(
+                    run_id="",
+                    task=JUDGE_PAIR,
+                    prompt=p.question,
+                    response=f"{p.target:g}",
+                    phase="refine",
+                    score=p.target,
+                    method="repair",
+                    model_revision=state.model.revision,
+                    metadata={
+                        "a": p.a,
+                        "b": p.b,
+                        "target": p.target,
+                        "negated": p.negated,
+                        "set": item_set.id,
+                    },
+                )
+                for p in result.pairs
+            ]
+        finite = [a for a in agreement if not math.isnan(a)]
+        summary = {
+            "sets": len(sets),
+            "pairs": len(experiences),
+            "invalid": sum(r.invalid for r in repaired),
+            "judge": judge.name,
+        }
+        if finite:
+            summary["ranking_spearman"] = sum(finite) / len(finite)  # the repaired ranking against gold
+        return StepResult(experiences=experiences, summary=summary)

@@ -4,6 +4,7 @@ one until the evaluation's guards accept the update."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -11,10 +12,20 @@ from selfevolve.acquire.knowledge import load_documents
 from selfevolve.errors import SelfEvolveError
 from selfevolve.loop.repair import answer_target, repair_prompt
 from selfevolve.loop.state import LoopState, StepResult, clone_model, existing_path
-from selfevolve.loop.steps.acquire import QA, REPAIR, REPAIR_PROBLEM, repair_problem, stored_documents
-from selfevolve.records import SynthesizedItem
+from selfevolve.loop.steps.acquire import (
+    HIERARCHY,
+    QA,
+    REPAIR,
+    REPAIR_PROBLEM,
+    repair_problem,
+    stored_documents,
+)
+from selfevolve.loop.steps.refine import JUDGE_PAIR
+from selfevolve.records import JudgeLabel, SynthesizedItem
 from selfevolve.store import Decision, Experience
 from selfevolve.update.cory import CORYConfig
+from selfevolve.update.hierarchy import HierarchyTrainConfig, train_hierarchy
+from selfevolve.update.judge_tuning import JudgeTuningConfig, tune_judge
 from selfevolve.update.rl import RLConfig, final_summary, merge_adapter, run_rl
 from selfevolve.update.selfparam import SelfParamConfig, inject
 from selfevolve.update.sft import CrossEntropyObjective, SFTConfig, finetune
@@ -185,3 +196,56 @@ class CORY:
 
     def run(self, state: LoopState) -> StepResult:
         return _rl_step(state, self.rl, self.keep)
+
+
+@dataclass
+class JudgeTuning:
+    """REPAIR's update step: fine-tune the model as a log-probability judge on this iteration's kept
+    ``judge-pair`` labels (https://arxiv.org/abs/2410.02205)."""
+
+    PHASE: ClassVar[str] = "update"
+    METRICS: ClassVar[tuple[str, ...]] = ()
+
+    train: TrainingConfig = field(default_factory=lambda: JudgeTuningConfig().train)  # LoRA, 5e-4, 2 epochs
+
+    def run(self, state: LoopState) -> StepResult:
+        kept = state.kept(JUDGE_PAIR)
+        if not kept:
+            return StepResult(summary={"skipped": "no kept judge-pair label to train on"})
+        labels = [
+            JudgeLabel(
+                e.prompt, e.metadata["a"], e.metadata["b"], e.metadata["target"], e.metadata["negated"]
+            )
+            for e in kept
+        ]
+        model = clone_model(state.model)
+        trained = tune_judge(model, labels, JudgeTuningConfig(train=self.train))
+        return _result(model, kept, trained)
+
+
+@dataclass
+class _Conversation:
+    messages: list[dict]
+    target: str
+
+
+@dataclass
+class HierarchySFT:
+    """Instruction-hierarchy fine-tuning on the kept ``hierarchy`` experiences (cross-entropy on the target,
+    LoRA merged; https://arxiv.org/abs/2404.13208)."""
+
+    PHASE: ClassVar[str] = "update"
+    METRICS: ClassVar[tuple[str, ...]] = ()
+
+    train: TrainingConfig = field(
+        default_factory=lambda: HierarchyTrainConfig().train
+    )  # LoRA, lr 3e-4, batch 4, 2 epochs
+
+    def run(self, state: LoopState) -> StepResult:
+        kept = state.kept(HIERARCHY)
+        if not kept:
+            return StepResult(summary={"skipped": "no kept hierarchy experience to train on"})
+        model = clone_model(state.model)
+        conversations = [_Conversation(json.loads(e.prompt), e.response) for e in kept]
+        trained = train_hierarchy(model, conversations, HierarchyTrainConfig(train=self.train))
+        return _result(model, kept, trained)
