@@ -71,11 +71,12 @@ PROSE = (
 @dataclass
 class HierarchyTrainConfig:
     """SFT settings. *(inferred)* The paper does not publish its optimisation. LoRA r=16 (all linear layers),
-    lr 3e-4, batch 4, 2 epochs. Trained on its own greedy replies alone, SmolLM2-135M gained +24 points on
-    held-out attacks but its perplexity on unrelated prose rose 23% (1e-3: +31 points, +61%; 1.5e-4: +10
-    points, +8%); ``prose`` passages of plain text (language modelling, every token) are mixed in to tie it to
-    ordinary text (docs/benchmarks.md). Batch 4 keeps memory low: the loss holds (batch, tokens, vocabulary)
-    logits."""
+    lr 3e-4, batch 4, 2 epochs, plus ``prose`` passages of plain text (language modelling on every token,
+    disjoint from the benchmark's perplexity text). On SmolLM2-135M with 88 examples, its own greedy replies
+    alone gave +24 points on held-out attacks at +23% perplexity on unrelated prose (1e-3: +31, +61%; 1.5e-4:
+    +10, +8%); with the 30 passages, +21 points at -17% (gsm8k: +1.8%, fictional documents: -4.2%; without
+    them +9.7%, +14.1%) (docs/benchmarks.md). Batch 4 keeps memory low: the loss holds (batch, tokens,
+    vocabulary) logits."""
 
     train: TrainingConfig = field(
         default_factory=lambda: TrainingConfig(epochs=2, learning_rate=3e-4, batch_size=4)
