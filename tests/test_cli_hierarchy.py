@@ -53,7 +53,8 @@ def test_ih_data_then_ih_train_writes_a_loadable_model(tmp_path):
     reloaded = load_model(str(tmp_path / "run" / "model"))
     assert reloaded.tokenizer.chat_template  # the template travels with the folder
     summary = json.loads((tmp_path / "run" / "train.json").read_text())
-    assert summary["examples"] == 7 and summary["steps"] == 2  # 7 examples, batch 4, one epoch: ceil(7/4)
+    # 7 examples + 30 plain-prose passages (the default), batch 4, one epoch: ceil(37/4) = 10 steps
+    assert summary["examples"] == 7 and summary["steps"] == 10
 
 
 def test_ih_eval_reports_robustness_per_category(tmp_path):

@@ -240,6 +240,7 @@ class HierarchySFT:
     train: TrainingConfig = field(
         default_factory=lambda: HierarchyTrainConfig().train
     )  # LoRA, lr 3e-4, batch 4, 2 epochs
+    prose: int = HierarchyTrainConfig.prose  # plain-prose passages mixed in (language modelling); 0: none
 
     def run(self, state: LoopState) -> StepResult:
         kept = state.kept(HIERARCHY)
@@ -247,5 +248,7 @@ class HierarchySFT:
             return StepResult(summary={"skipped": "no kept hierarchy experience to train on"})
         model = clone_model(state.model)
         conversations = [_Conversation(json.loads(e.prompt), e.response) for e in kept]
-        trained = train_hierarchy(model, conversations, HierarchyTrainConfig(train=self.train))
+        trained = train_hierarchy(
+            model, conversations, HierarchyTrainConfig(train=self.train, prose=self.prose)
+        )
         return _result(model, kept, trained)
