@@ -3,8 +3,9 @@
 REPAIR (Liu et al., https://arxiv.org/abs/2410.02205, §4): aggregate pairwise labels on training item sets into
 one ranking per set (win-loss rate), derive every implied pair in both orders and with the negated question,
 fine-tune the judge on them (LoRA). Task: temporal ordering of dated events of fictional knowledge sets
-("Which event happened first?"); training sets come from fictional seed ``--seed``, held-out sets from seed
-``--seed + 1`` (other invented names, other years).
+("Which event happened first?"); training sets come from fictional seeds ``--seed``, ``--seed + 2``, ... (10 sets
+each), held-out sets from seed ``--seed + 1`` (other invented names, other years). ``--task numbers``: generated
+sets of integers, "Which number is larger?" (``number_item_sets``; held-out sets from the next seed).
 
 Judges (rows):
 * ``base``: the untuned model.
@@ -18,7 +19,7 @@ Columns: s_tran(K) (K = ``--k``), s_comm, s_neg, gold agreement (evaluate/consis
 sort made; plus training examples and seconds. Judge verdicts are the LogprobJudge's P(A) computed in one
 forward pass per pair (``update.judge_tuning.label_margins``, equal to LogprobJudge to 1e-5; tested).
 
-    selfevolve bench consistency [--train-sets 4] [--heldout-sets 3] [--items 5] [--heldout-items 6]
+    selfevolve bench consistency [--task temporal|numbers] [--train-sets 4] [--heldout-sets 3] [--items 5] [--heldout-items 6]
         [--epochs 1] [--lr 2e-3] [--noise 0.1] [--skip-self] [--skip-noise] [--skip-plain]
 
 Default sizing: 19 min with one torch thread on a 2-core machine shared with ~6 other jobs (load 7-8).
