@@ -3,8 +3,9 @@
 REPAIR (Liu et al., https://arxiv.org/abs/2410.02205, §4): aggregate pairwise labels on training item sets into
 one ranking per set (win-loss rate), derive every implied pair in both orders and with the negated question,
 fine-tune the judge on them (LoRA). Task: temporal ordering of dated events of fictional knowledge sets
-("Which event happened first?"); training sets come from fictional seed ``--seed``, held-out sets from seed
-``--seed + 1`` (other invented names, other years).
+("Which event happened first?"); training sets come from fictional seeds ``--seed``, ``--seed + 2``, ... (10 sets
+each), held-out sets from seed ``--seed + 1`` (other invented names, other years). ``--task numbers``: generated
+sets of integers, "Which number is larger?" (``number_item_sets``; held-out sets from the next seed).
 
 Judges (rows):
 * ``base``: the untuned model.
@@ -18,7 +19,7 @@ Columns: s_tran(K) (K = ``--k``), s_comm, s_neg, gold agreement (evaluate/consis
 sort made; plus training examples and seconds. Judge verdicts are the LogprobJudge's P(A) computed in one
 forward pass per pair (``update.judge_tuning.label_margins``, equal to LogprobJudge to 1e-5; tested).
 
-    selfevolve bench consistency [--train-sets 4] [--heldout-sets 3] [--items 5] [--heldout-items 6]
+    selfevolve bench consistency [--task temporal|numbers] [--train-sets 4] [--heldout-sets 3] [--items 5] [--heldout-items 6]
         [--epochs 1] [--lr 2e-3] [--noise 0.1] [--skip-self] [--skip-noise] [--skip-plain]
 
 Default sizing: 19 min with one torch thread on a 2-core machine shared with ~6 other jobs (load 7-8).
@@ -35,7 +36,7 @@ import torch
 
 from benchmarks._common import print_table, write_results
 from selfevolve.acquire.orderings import temporal_item_sets
-from selfevolve.evaluate.consistency import ConsistencyConfig, measure_consistency
+from selfevolve.evaluate.consistency import ConsistencyConfig, measure_consistency, number_item_sets
 from selfevolve.evaluate.ranking import rank_item_sets
 from selfevolve.judges.pairwise import CachedJudge, PairwiseTemplate
 from selfevolve.loop.state import clone_model
@@ -77,6 +78,27 @@ class MarginJudge:
                 margins = label_margins(self.model, examples[start : start + size], grad=False)  # (B,)
                 out += torch.sigmoid(margins).tolist()
         return out
+
+
+def training_sets(num_sets: int, items: int, seed: int, per_seed: int = 10) -> list[ItemSet]:
+    """``num_sets`` temporal training sets, ``per_seed`` from each fictional set ``seed``, ``seed + 2``, ``seed + 3``,
+    ... (``seed + 1`` is the held-out one: its events never appear in training)."""
+    sets: list[ItemSet] = []
+    fictional = seed
+    while len(sets) < num_sets:
+        sets += temporal_item_sets(min(per_seed, num_sets - len(sets)), items, seed=fictional)
+        fictional += 2 if fictional == seed else 1
+    return sets
+
+
+def task_sets(args: argparse.Namespace) -> tuple[list[ItemSet], list[ItemSet]]:
+    """(training sets, held-out sets) of ``args.task``: temporal events, or generated numbers (other seed)."""
+    if args.task == "numbers":
+        train = number_item_sets(args.train_sets, seed=args.seed, size=args.items)
+        return train, number_item_sets(args.heldout_sets, seed=args.seed + 1, size=args.heldout_items)
+    return training_sets(args.train_sets, args.items, args.seed), temporal_item_sets(
+        args.heldout_sets, args.heldout_items, seed=args.seed + 1
+    )
 
 
 def noisy_gold_labels(item_set: ItemSet, noise: float, rng: random.Random) -> list[Label]:
@@ -154,6 +176,7 @@ def tuned(base, name: str, pairs: list[JudgeLabel], config: JudgeTuningConfig) -
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="selfevolve bench consistency", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--task", choices=("temporal", "numbers"), default="temporal")
     parser.add_argument("--train-sets", type=int, default=4)
     parser.add_argument("--heldout-sets", type=int, default=3)
     parser.add_argument("--items", type=int, default=5, help="items per training set")
@@ -172,8 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="results")
     args = parser.parse_args(argv)
     began = time.perf_counter()
-    train_sets = temporal_item_sets(args.train_sets, args.items, seed=args.seed)
-    heldout = temporal_item_sets(args.heldout_sets, args.heldout_items, seed=args.seed + 1)
+    train_sets, heldout = task_sets(args)
     config = JudgeTuningConfig(
         train=TrainingConfig(
             epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed
