@@ -8,9 +8,12 @@ gets a one-line error naming the valid keys; :func:`save_config` writes the reso
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import os
+import sys
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -171,3 +174,28 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 def save_config(config: Any, path: str | Path) -> Path:
     """Write the resolved config as YAML, atomically, so a run's outputs always say how they were made."""
     return write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+def import_callable(spec: str, what: str, hint: str = "point at a function") -> Callable:
+    """The callable a user's ``module:function`` spec names (a judge, a reward, a committee member), with the
+    current directory importable as under ``python -m``; a one-line error names ``what`` and the fix."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise SelfEvolveError(f"{what} {spec!r} must look like module:function, e.g. mypkg.mymodule:fn")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())  # a console script does not look in the current directory by itself
+    try:
+        target = importlib.import_module(module_name)
+    except ImportError as err:
+        raise SelfEvolveError(
+            f"cannot import {what} {spec!r} ({err}); check PYTHONPATH and the module name"
+        ) from None
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise SelfEvolveError(
+                f"cannot import {what} {spec!r}: module {module_name!r} has no attribute {attr!r}; check the spec"
+            )
+        target = getattr(target, part)
+    if not callable(target):
+        raise SelfEvolveError(f"{what} {spec!r} is not callable; {hint}")
+    return target

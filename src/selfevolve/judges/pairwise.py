@@ -20,18 +20,17 @@ infinity) is a scale bug, not a verdict, and raises a one-line :class:`~selfevol
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import math
 import numbers
 import os
 import re
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from selfevolve.config import import_callable
 from selfevolve.errors import SelfEvolveError
 from selfevolve.runtime.backend import Backend, Message
 
@@ -324,26 +323,7 @@ class CachedJudge:
 
 
 def _load_callable(spec: str) -> CallableJudge:
-    module_name, _, attr = spec.partition(":")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.append(os.getcwd())  # a console script does not look in the current directory by itself
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise SelfEvolveError(
-            f"cannot import module {module_name!r} for judge {spec!r} ({err}); check PYTHONPATH and the name"
-        ) from None
-    fn = module
-    for part in attr.split("."):
-        fn = getattr(fn, part, None)
-        if fn is None:
-            raise SelfEvolveError(
-                f"module {module_name!r} has no attribute {attr!r}; check the judge spec {spec!r}"
-            )
-    if not callable(fn):
-        raise SelfEvolveError(
-            f"judge {spec!r} is not callable; point at a function (question, a, b, *, negated)"
-        )
+    fn = import_callable(spec, "judge", "point at a function (question, a, b, *, negated)")
     return CallableJudge(fn, name=spec)
 
 

@@ -20,7 +20,6 @@ made of what a user can build or bring:
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import math
 import os
@@ -32,6 +31,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from selfevolve.config import import_callable
 from selfevolve.errors import SelfEvolveError
 from selfevolve.io import write_json
 from selfevolve.records import PreferencePair
@@ -542,16 +542,6 @@ FEATURIZERS: dict[str, Callable[[], Featurizer]] = {
 DEFAULT_MEMBERS = ("crossfit:minilm", "crossfit:tfidf", "crossfit:surface")
 
 
-def _callable(spec: str) -> Callable:
-    module_name, _, attr = spec.partition(":")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise SelfEvolveError(
-            f"cannot import {spec!r} ({err}); pass module:function of an importable module"
-        ) from None
-
-
 def build_member(
     spec: str,
     *,
@@ -592,7 +582,9 @@ def build_member(
             raise SelfEvolveError(f"reward model folder {rest!r} not found; pass rm:FOLDER")
         return RewardModelMember(rest, progress=progress)
     if rest and "/" not in spec and kind.replace(".", "").replace("_", "").isalnum():
-        return RewardFunctionMember(_callable(spec), name=spec)
+        return RewardFunctionMember(
+            import_callable(spec, "member", "point at a function (prompt, reply) -> float"), name=spec
+        )
     raise SelfEvolveError(
         f"unknown member {spec!r}; use crossfit:minilm|tfidf|surface|lm, judge:SPEC, rm:FOLDER or module:function"
     )

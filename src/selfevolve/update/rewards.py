@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 import math
 import random
@@ -19,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from selfevolve.config import import_callable
 from selfevolve.errors import SelfEvolveError
 from selfevolve.runtime.backend import Prompt
 
@@ -135,16 +135,7 @@ def load_gsm8k(path: str | Path, count: int, seed: int = 0) -> tuple[list[str], 
 
 def load_reward(spec: str) -> RewardFn:
     """The callable named ``module:function`` (``reward(query, response, reference) -> float``)."""
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise SelfEvolveError(f"reward {spec!r} must look like module:function, e.g. mypkg.rewards:score")
-    try:
-        target = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as err:
-        raise SelfEvolveError(f"cannot import reward {spec!r}: {err}; check the module path") from err
-    if not callable(target):
-        raise SelfEvolveError(f"reward {spec!r} is not callable")
-    return target
+    return import_callable(spec, "reward", "point at a function (query, response, reference) -> float")
 
 
 def load_task(name: str, *, count: int = 512, data: str = "", reward: str = "", seed: int = 0) -> RLTask:
