@@ -16,8 +16,6 @@ Every builder is deterministic for its ``seed``; :func:`write_item_sets` stores 
 from __future__ import annotations
 
 import ast
-import gzip
-import json
 import random
 import re
 from collections.abc import Sequence
@@ -26,7 +24,7 @@ from pathlib import Path
 from selfevolve.acquire.knowledge import fictional_knowledge
 from selfevolve.acquire.mutate import mutants, normalized_solution
 from selfevolve.errors import SelfEvolveError
-from selfevolve.io import write_jsonl
+from selfevolve.io import read_jsonl, write_jsonl
 from selfevolve.records import ItemSet, Problem
 from selfevolve.sandbox.remote import Tests
 
@@ -187,24 +185,17 @@ def hh_item_sets(path: str | Path, num_sets: int, *, seed: int = 0, max_chars: i
     path = Path(path)
     if not path.is_file():
         raise SelfEvolveError(f"HH file {path} does not exist; pass the hh_rlhf test.jsonl(.gz)")
-    opener = gzip.open if path.suffix == ".gz" else open
     pairs = []
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            try:
-                record = json.loads(line)
-                chosen, rejected = record["chosen"], record["rejected"]
-            except (ValueError, KeyError, TypeError):
-                raise SelfEvolveError(
-                    f"{path} line {number}: needs JSON with 'chosen' and 'rejected'"
-                ) from None
-            head_c, _, reply_c = str(chosen).rpartition("\n\nAssistant:")
-            head_r, _, reply_r = str(rejected).rpartition("\n\nAssistant:")
-            if head_c != head_r or not reply_c.strip() or not reply_r.strip() or reply_c == reply_r:
-                continue
-            if len(head_c) + len(reply_c) + len(reply_r) > max_chars:
-                continue
-            pairs.append((number, head_c.strip(), reply_c.strip(), reply_r.strip()))
+    for number, record in read_jsonl(path):
+        if "chosen" not in record or "rejected" not in record:
+            raise SelfEvolveError(f"{path} line {number}: needs JSON with 'chosen' and 'rejected'")
+        head_c, _, reply_c = str(record["chosen"]).rpartition("\n\nAssistant:")
+        head_r, _, reply_r = str(record["rejected"]).rpartition("\n\nAssistant:")
+        if head_c != head_r or not reply_c.strip() or not reply_r.strip() or reply_c == reply_r:
+            continue
+        if len(head_c) + len(reply_c) + len(reply_r) > max_chars:
+            continue
+        pairs.append((number, head_c.strip(), reply_c.strip(), reply_r.strip()))
     if len(pairs) < num_sets:
         raise SelfEvolveError(f"{path} has {len(pairs)} usable pairs, fewer than {num_sets}; raise max_chars")
     rng = random.Random(f"selfevolve-hh-{seed}")

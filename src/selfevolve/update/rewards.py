@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 import random
 import re
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from selfevolve.config import import_callable
 from selfevolve.errors import SelfEvolveError
+from selfevolve.io import read_jsonl
 from selfevolve.runtime.backend import Prompt
 
 RewardFn = Callable[[str, str, str], float]
@@ -118,13 +118,10 @@ def load_gsm8k(path: str | Path, count: int, seed: int = 0) -> tuple[list[str], 
             f"GSM8K file {path} does not exist; pass --data with a train.jsonl or test.jsonl"
         )
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for number, row in read_jsonl(path):
         try:
-            row = json.loads(line)
             rows.append((row["question"], row["answer"].split("####")[-1].strip()))
-        except (ValueError, KeyError, AttributeError) as err:
+        except (KeyError, AttributeError) as err:
             raise SelfEvolveError(
                 f"{path}:{number} is not a GSM8K row (JSON with question and answer): {err}"
             ) from err
