@@ -12,8 +12,10 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def _masked_mean(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``per_token`` (B, T) over positions where ``mask`` (B, T) is True; 0 for an all-False mask."""
+def masked_mean(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``per_token`` (B, T) over positions where ``mask`` (B, T, bool or 0/1) is set; 0 for an empty
+    mask. Masked-out positions never enter the sum, so an inf or nan there cannot leak in."""
+    mask = mask.bool()  # (B, T)
     per_token = torch.where(mask, per_token, torch.zeros_like(per_token))
     return per_token.sum() / mask.sum().clamp(min=1)
 
@@ -31,7 +33,7 @@ def forward_kl(
     student = F.log_softmax(student_logits.float(), dim=-1)  # (B, T, V)
     teacher = teacher_logprobs.float()  # (B, T, V)
     per_token = (teacher.exp() * (teacher - student)).sum(-1)  # (B, T)
-    return _masked_mean(per_token, mask)
+    return masked_mean(per_token, mask)
 
 
 def topk_forward_kl(
@@ -59,7 +61,7 @@ def topk_forward_kl(
     student_rest = (1 - student_top.exp().sum(-1)).clamp(min=tiny)  # (B, T)
     top = (teacher_top.exp() * (teacher_top - student_top)).sum(-1)  # (B, T)
     rest = torch.xlogy(teacher_rest, teacher_rest) - torch.xlogy(teacher_rest, student_rest)  # (B, T)
-    return _masked_mean(top + rest, mask)
+    return masked_mean(top + rest, mask)
 
 
 def continuation_cross_entropy(
@@ -67,7 +69,7 @@ def continuation_cross_entropy(
 ) -> torch.Tensor:
     """Mean negative log-likelihood of ``target_ids`` (B, T) under ``logits`` (B, T, V), over ``mask`` (B, T)."""
     per_token = F.cross_entropy(logits.float().transpose(1, 2), target_ids, reduction="none")  # (B, T)
-    return _masked_mean(per_token, mask)
+    return masked_mean(per_token, mask)
 
 
 class ForwardKLLoss(nn.Module):

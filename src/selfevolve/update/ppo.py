@@ -24,6 +24,7 @@ from torch import nn
 from selfevolve.errors import SelfEvolveError
 from selfevolve.runtime.backend import Prompt
 from selfevolve.runtime.model import LocalModel
+from selfevolve.update.losses import masked_mean
 
 
 @dataclass
@@ -96,12 +97,6 @@ class PPOStats(NamedTuple):
 
 
 # --------------------------------------------------------------------------------------------- the RL math
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` over positions where ``mask`` is true; 0 when nothing is."""
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
 def masked_whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
