@@ -19,12 +19,12 @@ from selfevolve.update.ppo import (
     estimate_advantages,
     kl_controller,
     kl_penalty_rewards,
-    lora_config,
     policy_loss,
     value_loss,
 )
 from selfevolve.update.rewards import RLTask, final_number, gsm8k_reward, imdb_prefixes, load_task
 from selfevolve.update.rl import RLConfig, load_checkpoint, make_sampler, merge_adapter, run_rl
+from selfevolve.update.training import lora_config
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 

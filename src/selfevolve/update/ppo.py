@@ -261,30 +261,12 @@ class Policy:
         return lora + list(self.value_head.parameters())
 
 
-def lora_config(rank: int, alpha: int, targets: str, layers: Sequence[int] | None = None):
-    """A peft LoraConfig for a causal LM (``targets``: "all-linear" or comma-separated module names; ``layers``:
-    the decoder layers that get adapters, None for all)."""
-    from peft import LoraConfig
-
-    modules = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
-    if layers is not None and modules == "all-linear":  # peft takes a layer subset only with module names
-        modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    return LoraConfig(
-        r=rank,
-        lora_alpha=alpha,
-        lora_dropout=0.0,
-        target_modules=modules,
-        layers_to_transform=list(layers) if layers is not None else None,
-        task_type="CAUSAL_LM",
-    )
-
-
 def add_policies(
     model: LocalModel, names: Sequence[str], config, learning_rate: float, seed: int = 0
 ) -> tuple[nn.Module, dict[str, Policy]]:
     """Wrap ``model.model`` (frozen) in one PeftModel with an adapter per name; a Policy for each.
 
-    ``config`` is a peft LoraConfig (see :func:`lora_config`). Every adapter starts from the same seed, so all
+    ``config`` is a peft LoraConfig (see :func:`selfevolve.update.training.lora_config`). Every adapter starts from the same seed, so all
     policies begin as the same model (the reference, since LoRA's B matrices start at zero)."""
     from peft import get_peft_model
 

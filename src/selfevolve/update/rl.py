@@ -38,12 +38,11 @@ from selfevolve.update.ppo import (
     Rollout,
     add_policies,
     kl_controller,
-    lora_config,
     ppo_update,
     sample,
 )
 from selfevolve.update.rewards import RLTask, load_task, score_all
-from selfevolve.update.training import epoch_order
+from selfevolve.update.training import epoch_order, lora_config
 
 log = logging.getLogger(__name__)
 

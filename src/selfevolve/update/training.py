@@ -113,20 +113,31 @@ def epoch_order(num_examples: int, epoch: int, seed: int) -> list[int]:
     return torch.randperm(num_examples, generator=generator).tolist()
 
 
-def _with_lora(module, config: TrainingConfig):
-    from peft import LoraConfig, get_peft_model
+def lora_config(
+    rank: int, alpha: int, targets: str, layers: Sequence[int] | None = None, dropout: float = 0.0
+):
+    """A peft LoraConfig for a causal LM (``targets``: "all-linear" or comma-separated module names; ``layers``:
+    the decoder layers that get adapters, None for all)."""
+    from peft import LoraConfig
 
-    targets = config.lora_targets
-    target_modules = (
-        targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
-    )
-    lora = LoraConfig(
-        r=config.lora_rank,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=target_modules,
+    modules = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+    if layers is not None and modules == "all-linear":  # peft takes a layer subset only with module names
+        modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    return LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=modules,
+        layers_to_transform=list(layers) if layers is not None else None,
         task_type="CAUSAL_LM",
     )
+
+
+def _with_lora(module, config: TrainingConfig):
+    from peft import get_peft_model
+
+    targets = config.lora_targets
+    lora = lora_config(config.lora_rank, config.lora_alpha, targets, dropout=config.lora_dropout)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         try:
